@@ -1,0 +1,65 @@
+"""The ``raylm`` command line: ``raylm curate``, ``raylm demo``.
+
+A bad config or a missing input prints one line naming the key or the path and exits with
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raylm.config import ConfigError, load
+from raylm.data.read import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from raylm.data.pipeline import CurateConfig, run
+
+    cfg = load(CurateConfig, args.config, args.set)
+    stats = run(cfg, args.inputs, args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}/data, stats.json, duplicates.parquet"
+          + (", rejected/" if cfg.write_rejected else "") + (", report.html" if cfg.report else ""))
+    return 0 if stats["conservation_ok"] else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from raylm.demo import run_demo
+
+    return run_demo(args.output, num_cpus=args.num_cpus)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raylm", description="Raw text to a trained language model on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("curate", help="curate text with Ray Data (normalise, filter, dedup, ...)")
+    c.add_argument("inputs", nargs="+", help="JSONL (.gz/.zst), Parquet or text files or folders; local or URIs")
+    c.add_argument("-o", "--output", required=True, help="output folder or URI")
+    c.add_argument("-c", "--config", help="YAML config (steps in run order and their options)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    c.set_defaults(func=_curate)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
+    d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray (default 4)")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InputError) as exc:
+        print(f"raylm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

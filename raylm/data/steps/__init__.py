@@ -1,0 +1,29 @@
+"""The curation steps by the name a config uses for them.
+
+Modules are imported when a step is built, so an optional heavy dependency is checked then,
+at start-up, and not mid-run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from raylm.data.steps.base import DatasetStep, RowStep, StepConfig, StepResult
+
+REGISTRY: dict[str, str] = {
+    "normalize": "raylm.data.steps.normalize:Normalize",
+    "quality": "raylm.data.steps.quality:Quality",
+    "langid": "raylm.data.steps.langid:LangID",
+    "pii": "raylm.data.steps.pii:PII",
+    "exact_dedup": "raylm.data.steps.exact_dedup:ExactDedup",
+    "line_dedup": "raylm.data.steps.line_dedup:LineDedup",
+    "minhash_dedup": "raylm.data.steps.minhash_dedup:MinHashDedup",
+}
+
+
+def step_class(name: str) -> type[RowStep] | type[DatasetStep]:
+    module, _, attr = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["REGISTRY", "DatasetStep", "RowStep", "StepConfig", "StepResult", "step_class"]
