@@ -59,8 +59,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_tp, *_) = get_args(tp) or (Any,)
-        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        args = get_args(tp) or (Any,)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # tuple[int, dict]
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {value!r}")
+            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+        items = [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):

@@ -54,3 +54,15 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(Outer, tmp_path / "nope.yaml")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Sched:
+    points: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+
+
+def test_heterogeneous_tuples_from_yaml(tmp_path):
+    p = write(tmp_path, "points: [[0, {web: 0.5}], [100, {web: 0.25}]]\n")
+    assert load(Sched, p).points == [(0, {"web": 0.5}), (100, {"web": 0.25})]
+    with pytest.raises(ConfigError, match=r"points\[0\]: expected 2 items"):
+        load(Sched, write(tmp_path, "points: [[0]]\n"))

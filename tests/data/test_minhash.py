@@ -20,6 +20,13 @@ def test_signatures_equal_datasketch_on_the_same_shingles():
         assert np.array_equal(ref.hashvalues.astype(np.uint32), sig[i])
 
 
+def test_permutations_are_datasketchs():
+    for num_perm, seed in ((128, 1), (64, 42)):
+        a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+        ours = mh.permutations(num_perm, seed)
+        assert np.array_equal(ours[0], a) and np.array_equal(ours[1], b)
+
+
 def test_shingles_are_lowercased_word_5grams():
     hv, doc = mh.shingle_hashes(["a b c d e f", "A  B\tC d\ne F"])
     assert np.array_equal(hv[doc == 0], hv[doc == 1])  # case and whitespace do not matter
