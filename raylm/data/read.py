@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from raylm.data import schema as S
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
-TEXT_EXT = (".txt", ".md", ".text")
+TEXT_EXT = (".txt", ".text")
 COMPRESSION_EXT = (".gz", ".zst", ".zstd", ".bz2", ".lz4")
 _KEY_SHIFT = 40  # _key = file_index << 40 | record number: unique and in input order
 
@@ -112,7 +112,7 @@ class _Batch:
         row = dict(meta) if meta else {}
         row[S.ID] = doc_id
         row[S.TEXT] = text
-        row[S.SOURCE] = self.source
+        row.setdefault(S.SOURCE, self.source)  # an input's own `source` field is kept
         row[S.KEY] = (self.file_index << _KEY_SHIFT) | record_no
         row[S.DROP_STEP] = "read" if reason else None
         row[S.DROP_REASON] = reason
