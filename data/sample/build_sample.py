@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import pydoc_data.topics
 import re
 import sys
 from pathlib import Path
 
 import konlpy
-import pydoc_data.topics
 
 OUT = Path(__file__).resolve().parent / "corpus.jsonl.gz"
 KONLPY = Path(konlpy.__file__).parent / "data" / "corpus"
