@@ -18,6 +18,7 @@ Only hashes, keys and pairs leave the workers; documents stay where Ray Data put
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ import ray
 
 from raylm.data import schema as S
 from raylm.data.runner import live_mask
+
+log = logging.getLogger(__name__)
 
 BUCKET_SCHEMA = pa.schema([("shard", pa.int32()), ("bucket", pa.uint64()), ("key", pa.int64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
@@ -163,12 +166,14 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
     t0 = time.perf_counter()
     pairs = shuffle_buckets(ds, ctx, step, buckets_fn, bucket_pairs, {"all_pairs_upto": all_pairs_upto})
     a, b = pairs.get("a", np.empty(0, np.int64)), pairs.get("b", np.empty(0, np.int64))
+    t_pairs = time.perf_counter()
     lo, hi, counts = count_pairs(a, b)
     if accept is not None and len(counts):
         ok = accept(counts)
         lo, hi = lo[ok], hi[ok]
     nodes, root = connected_components(lo, hi)
     removed = nodes[nodes != root]
+    t_cc = time.perf_counter()
     ids: dict[int, str] = {}
     if len(nodes):
         ref = ray.put(nodes)
@@ -183,6 +188,9 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
         "kept_id": pa.array([ids.get(int(k)) for k in root[sel]], pa.string()),
         "cluster": pa.array([cluster_of[r] for r in root[sel]], pa.int64()),
     }), cluster_sizes=np.bincount(np.searchsorted(np.unique(root), root)) if len(root) else np.empty(0, np.int64))
+    t_ids = time.perf_counter()
+    log.info("%s: buckets and pairs %.1fs (%d pair rows), clusters %.1fs, ids %.1fs", step,
+             t_pairs - t0, len(a), t_cc - t_pairs, t_ids - t_cc)
     ctx.stats_add(step, seconds=time.perf_counter() - t0,
                   counters={"candidate_pairs": int(len(counts)), "duplicate_pairs": int(len(lo)),
                             "clusters": int(len(cluster_of))})

@@ -22,7 +22,7 @@ from raylm.data import dedup
 from raylm.data import minhash as mh
 from raylm.data.steps.base import DatasetStep, StepConfig
 
-_CHUNK_CHARS = 4_000_000  # texts hashed per vectorised pass (bounds the prefix-hash arrays)
+_CHUNK_CHARS = 1_000_000  # texts hashed per vectorised pass: arrays stay cache-sized (fastest measured)
 
 
 @dataclasses.dataclass(kw_only=True)
