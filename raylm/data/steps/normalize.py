@@ -164,9 +164,17 @@ def remove_control_chars(text: str) -> str:
     return _CONTROL_RE.sub("", text)
 
 
+def _tidy_line(line: str) -> str:
+    # str.split() collapses and strips any Unicode whitespace, faster than a regex; the
+    # leading indentation is kept, since it carries meaning in code, lists and verse.
+    body = " ".join(line.split())
+    if not body or line[0] not in " \t":
+        return body
+    return line[: len(line) - len(line.lstrip(" \t"))] + body
+
+
 def normalize_whitespace(text: str) -> str:
-    # str.split() collapses and strips any Unicode whitespace, faster than a regex.
-    text = "\n".join([" ".join(line.split()) for line in text.split("\n")])
+    text = "\n".join([_tidy_line(line) for line in text.split("\n")])
     if "\n\n\n" in text:
         text = _BLANK_LINES_RE.sub("\n\n", text)
     return text.strip()

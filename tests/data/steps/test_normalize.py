@@ -119,3 +119,10 @@ def test_config_validation():
         from_dict(NormalizeConfig, {"unicode_form": "NFD"})
     with pytest.raises(ConfigError, match="unicode_form"):
         NormalizeConfig(unicode_form="NFD").validate()  # type: ignore[arg-type]
+
+
+def test_whitespace_keeps_indentation_of_code():
+    text = "def f():\n    if x:\n        return  1   \n\n\n\nend"
+    out = Normalize(NormalizeConfig()).apply(
+        pa.table({"id": ["a"], "text": pa.array([text], type=pa.large_string())})).table
+    assert out.column("text")[0].as_py() == "def f():\n    if x:\n        return 1\n\nend"
