@@ -1,0 +1,1 @@
+"""Entrypoints for ``ray job submit``: thin wrappers over the raylm CLI, no logic."""

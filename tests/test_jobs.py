@@ -1,0 +1,24 @@
+"""The job configs shipped for ``ray job submit`` load and validate."""
+
+from pathlib import Path
+
+import pytest
+
+from raylm.config import load
+from raylm.data.pipeline import CurateConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_job_config_loads(path):
+    cfg = load(CurateConfig, path)
+    names = [name for name, _ in cfg.parsed_steps()]
+    assert names and "minhash_dedup" in names
+
+
+def test_job_entrypoint_reports_bad_input(capsys, tmp_path):
+    from jobs.curate import main
+
+    assert main(["curate", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
