@@ -27,6 +27,22 @@ def _curate(args: argparse.Namespace) -> int:
     return 0 if stats["conservation_ok"] else 1
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.data.tokenizer import TokenizerConfig, TokenizerError, train_tokenizer
+
+    cfg = load(TokenizerConfig, args.config, args.set)
+    ensure_ray(RayConfig(num_cpus=args.num_cpus))
+    try:
+        report = train_tokenizer(args.inputs, args.output, cfg)
+    except TokenizerError as exc:
+        raise InputError(str(exc)) from None
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -44,6 +60,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.set_defaults(func=_curate)
+
+    t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a curated dataset")
+    tsub = t.add_subparsers(dest="tokenizer_command", required=True)
+    tt = tsub.add_parser("train", help="train on a uniform sample streamed with Ray Data")
+    tt.add_argument("inputs", nargs="+", help="curated Parquet folders (OUT/data) or JSONL files")
+    tt.add_argument("-o", "--output", required=True, help="model prefix: writes PREFIX.model, .vocab, .report.json")
+    tt.add_argument("-c", "--config", help="YAML TokenizerConfig (model_type, vocab_size, ...)")
+    tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tt.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
+    tt.set_defaults(func=_tokenizer_train)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")

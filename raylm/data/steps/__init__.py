@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "exact_dedup": "raylm.data.steps.exact_dedup:ExactDedup",
     "line_dedup": "raylm.data.steps.line_dedup:LineDedup",
     "minhash_dedup": "raylm.data.steps.minhash_dedup:MinHashDedup",
+    "tokenize": "raylm.data.steps.tokenize:Tokenize",
 }
 
 
