@@ -70,6 +70,8 @@ def run_in_task(batch: pa.Table, step: RowStep, stats: Any = None) -> pa.Table:
     ready = _READY.get(token)
     if ready is None:
         step.setup()
+        if len(_READY) >= 32:  # long-lived workers see many runs; keep only recent steps
+            _READY.pop(next(iter(_READY)))
         _READY[token] = ready = step
     return apply_step(ready, batch, stats)
 
