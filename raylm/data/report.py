@@ -33,6 +33,9 @@ def plots(stats: dict[str, Any], cluster_sizes: np.ndarray) -> dict[str, bytes]:
     hist = np.asarray(stats.get("kept_length_hist") or np.zeros(len(LENGTH_BINS) - 1))
     ax.bar(LENGTH_BINS[:-1], hist, width=np.diff(LENGTH_BINS), align="edge", edgecolor="black", linewidth=0.3)
     ax.set_xscale("log")
+    nonzero = np.flatnonzero(hist)
+    if len(nonzero):  # show the populated range, one bin of margin each side
+        ax.set_xlim(LENGTH_BINS[max(nonzero[0] - 1, 0)], LENGTH_BINS[min(nonzero[-1] + 2, len(LENGTH_BINS) - 1)])
     ax.set(title="Kept document length", xlabel="UTF-8 bytes (log scale)", ylabel="documents")
     out["lengths.png"] = _png(fig)
     plt.close(fig)
