@@ -121,3 +121,15 @@ def test_refuses_to_overwrite_without_flag(ray_session, tmp_path):
     from raylm.data.read import InputError
     with pytest.raises(InputError, match="not empty"):
         run(cfg, [str(tmp_path / "in.jsonl")], str(tmp_path / "out"), quiet=True)
+
+
+def test_uri_paths_and_rejected_switched_off(ray_session, tmp_path):
+    # file:// goes through the same pyarrow filesystem code as s3:// or gs://
+    write(tmp_path / "in.jsonl", [{"text": "one real document with some words"}, "{oops"])
+    cfg = from_dict(CurateConfig, {"steps": ["exact_dedup"], "write_rejected": False, "report": True})
+    stats = run(cfg, [f"file://{tmp_path}/in.jsonl"], f"file://{tmp_path}/out", quiet=True)
+    out = tmp_path / "out"
+    assert pq.read_table(out / "data").num_rows == 1
+    assert not list((out / "rejected").iterdir())  # switched off: nothing written ...
+    assert stats["steps"][0]["dropped"] == {"malformed_json": 1}  # ... but still counted
+    assert stats["conservation_ok"] and (out / "report.html").is_file()
