@@ -17,11 +17,13 @@ is judged sensibly:
 from __future__ import annotations
 
 import re
-from collections import Counter
 from functools import cached_property
-from itertools import accumulate, compress, islice
-from operator import ne
+from itertools import accumulate
 from typing import Any
+
+import numpy as np
+
+from raylm.data.minhash import _MIX, fmix64
 
 _CJK = (
     "\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
@@ -106,16 +108,20 @@ class Doc:
         mid = len(text) // 2 - _SCRIPT_SAMPLE // 2
         return text[:_SCRIPT_SAMPLE] + text[mid : mid + _SCRIPT_SAMPLE] + text[-_SCRIPT_SAMPLE:]
 
-    def gram_hashes(self, n: int) -> list[int]:
-        """One hash per n-gram of words (chained from the (n-1)-grams, so each n costs one pass
-        over 2-tuples). Two different n-grams colliding in 64 bits is not a practical concern."""
+    def gram_hashes(self, n: int) -> np.ndarray:
+        """One uint64 hash per n-gram of words, combined from per-word hashes on whole arrays.
+        Two different n-grams colliding in 64 bits is not a practical concern."""
         cache = self.__dict__.setdefault("_gram_hashes", {})
         if n not in cache:
-            if n == 1:
-                cache[n] = list(map(hash, self.words))
-            else:
-                prev = self.gram_hashes(n - 1)
-                cache[n] = list(map(hash, zip(prev, islice(self.words, n - 1, None), strict=False)))
+            if 1 not in cache:
+                cache[1] = np.fromiter(map(hash, self.words), dtype=np.int64, count=len(self.words)).view(np.uint64)
+            h = cache[1]
+            m = len(h) - n + 1
+            with np.errstate(over="ignore"):
+                g = h[:m] * _MIX[0]
+                for j in range(1, n):
+                    g = g + h[j : j + m] * _MIX[j]
+            cache[n] = fmix64(g) if n > 1 else h
         return cache[n]
 
     @cached_property
@@ -168,15 +174,14 @@ def _duplicate_ngram_chars(doc: Doc, n: int, threshold: float, total: int) -> fl
     """
     grams = doc.gram_hashes(n)
     m = len(grams)
-    first = dict(zip(reversed(grams), range(m - 1, -1, -1), strict=True))  # gram -> first index
+    _, first, inverse = np.unique(grams, return_index=True, return_inverse=True)
     if len(first) == m:
         return 0.0
-    repeated = list(map(ne, map(first.__getitem__, grams), range(m)))
-    pad = [False] * (n - 1)
-    padded = pad + repeated + pad
-    covered = map(any, zip(*(islice(padded, k, None) for k in range(n)), strict=False))
-    if sum(compress(doc.word_lengths, covered)) <= threshold * total:
+    repeated = first[inverse] != np.arange(m)  # n-grams seen earlier in the document
+    covered = np.convolve(repeated, np.ones(n, dtype=np.int64))[: m + n - 1] > 0  # their words
+    if int(np.asarray(doc.word_lengths)[covered].sum()) <= threshold * total:
         return 0.0
+    grams = grams.tolist()
     cum = doc.word_chars
     seen: set[int] = set()
     dup = i = 0
@@ -273,9 +278,9 @@ def repetition_rule(doc: Doc, cfg: Any) -> str | None:
     for n, threshold in sorted(cfg.top_ngrams.items()):
         if len(ws) < n:
             continue
-        grams = doc.gram_hashes(n)
-        gram, count = Counter(grams).most_common(1)[0]
-        i = grams.index(gram)
+        _, first, counts = np.unique(doc.gram_hashes(n), return_index=True, return_counts=True)
+        count = int(counts.max())
+        i = int(first[counts == count].min())  # ties go to the first seen, as Counter.most_common
         if count > 1 and (doc.word_chars[i + n] - doc.word_chars[i]) * count / total > threshold:
             return f"rep_top_{n}gram"
     for n, threshold in sorted(cfg.dup_ngrams.items()):
