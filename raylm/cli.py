@@ -1,4 +1,4 @@
-"""The ``raylm`` command line: ``raylm curate``, ``raylm demo``.
+"""The ``raylm`` command line: ``raylm curate``, ``raylm tokenizer train``, ``raylm prepare``, ``raylm demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -43,6 +43,19 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.data.prepare import PrepareConfig, prepare
+
+    cfg = load(PrepareConfig, args.config, args.set)
+    if args.num_cpus is not None:
+        cfg.ray.num_cpus = args.num_cpus
+    summary = prepare(cfg, args.output, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -70,6 +83,14 @@ def parser() -> argparse.ArgumentParser:
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     tt.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
     tt.set_defaults(func=_tokenizer_train)
+
+    r = sub.add_parser("prepare", help="tokenize, pack and write token shards per source for training")
+    r.add_argument("-c", "--config", help="YAML PrepareConfig (tokenizer, seq_len, sources, fim, ...)")
+    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--overwrite", action="store_true", help="replace existing shards")
+    r.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
+    r.set_defaults(func=_prepare)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")

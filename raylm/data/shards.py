@@ -1,0 +1,312 @@
+"""Token shards: packed training sequences as Parquet, written and read with Ray Data.
+
+``write_token_shards`` turns tokenised documents into fixed-length packed sequences
+(``raylm.data.packing.pack_table``) and writes them as ``OUT/shard-NNNNN.parquet`` with
+``OUT/manifest.json``. Every shard row is one sequence:
+
+* ``seq_id`` int64: ``unit << 32 | position``. A *unit* is a deterministic slice of the input
+  (in ``raylm prepare``: one input file; for a list of tables: the table's index) and
+  ``position`` counts the unit's sequences from 0. Documents are packed unit by unit in their
+  order inside the unit, so the same input (and FIM seed) gives the same ids, tokens and
+  order however Ray Data splits the work into blocks and tasks.
+* ``tokens`` list<int32> of exactly ``seq_len`` ids, ``cu_seqlens`` list<int32> from 0 to
+  ``seq_len`` (flash-attn varlen boundaries: a segment never spans two documents), ``source``.
+
+Nothing is collected on one node: documents are grouped by unit with a Ray Data shuffle
+(``groupby(unit).map_groups``), each group (one file's worth) is packed in one task, and the
+sequences stream to a ``Datasink`` whose write tasks write the shards. Only counts come back
+to the driver, which renames the shards in ``seq_id`` order and writes the manifest. Each
+unit drops (or pads) its own last incomplete sequence: about ``seq_len / 2`` tokens per unit,
+recorded in the manifest's ``waste_fraction``.
+
+``open_token_dataset`` reads the shards back as a ``ray.data.Dataset`` sorted by ``seq_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from raylm.data.packing import PackConfig, PackStats, pack_table
+from raylm.data.read import InputError
+from raylm.data.sink import resolve
+
+FORMAT = "raylm.token_shards/1"
+MANIFEST = "manifest.json"
+UNIT_COLUMN = "_unit"
+ORDER_COLUMN = "_row"
+UNIT_SHIFT = 32
+"""``seq_id = unit << UNIT_SHIFT | position``."""
+_STAT_COLUMNS = ("_docs", "_tokens_in", "_dropped", "_padded")
+
+
+@contextlib.contextmanager
+def shuffle_strategy(name: Literal["sort", "hash"]) -> Iterator[None]:
+    """Ray Data's shuffle for the datasets built (and, for the writer, run) inside: the
+    task-based sort shuffle starts in well under a second; Ray 2.60's default hash shuffle
+    starts aggregator actors first (seconds on a small node) and pays off on large clusters."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    if name not in ("sort", "hash"):
+        raise ValueError(f"shuffle: {name!r} is not 'sort' or 'hash'")
+    ctx = DataContext.get_current()
+    before = ctx.shuffle_strategy
+    ctx.shuffle_strategy = (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if name == "sort"
+                            else ShuffleStrategy.HASH_SHUFFLE)
+    try:
+        yield
+    finally:
+        ctx.shuffle_strategy = before
+
+
+def shard_schema() -> pa.Schema:
+    return pa.schema([("seq_id", pa.int64()), ("tokens", pa.list_(pa.int32())),
+                      ("cu_seqlens", pa.list_(pa.int32())), ("source", pa.string())])
+
+
+def _pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: str,
+               order_column: str | None) -> pa.Table:
+    """map_groups function: pack one unit's documents (in ``order_column`` order) and number
+    its sequences. One extra row with ``seq_id == -1`` carries the unit's token accounting."""
+    unit = int(group.column(unit_column)[0].as_py())
+    if not 0 <= unit < 2**31:
+        raise ValueError(f"{unit_column} must be in [0, 2**31), got {unit}")
+    if order_column:
+        group = group.take(pc.sort_indices(group, [(order_column, "ascending")]))
+    stats = PackStats()
+    packed = pack_table(group.select(["tokens"]), cfg, stats)
+    n = packed.num_rows
+    if n >= 2**UNIT_SHIFT:
+        raise ValueError(f"unit {unit}: {n} sequences do not fit in {UNIT_SHIFT} bits")
+    seq_ids = np.arange(n + 1, dtype=np.int64) + (unit << UNIT_SHIFT)
+    seq_ids[-1] = -1
+    zeros = np.zeros(n, dtype=np.int64)
+    values = (group.num_rows, stats.tokens_in, stats.dropped, stats.padded)
+    empty = pa.array([[]], pa.list_(pa.int32()))
+    table = {
+        "seq_id": pa.array(seq_ids),
+        "tokens": pa.concat_arrays([packed.column("tokens").combine_chunks(), empty]),
+        "cu_seqlens": pa.concat_arrays([packed.column("cu_seqlens").combine_chunks(), empty]),
+        "source": pa.array([source] * (n + 1), pa.string()),
+    }
+    for name, value in zip(_STAT_COLUMNS, values):
+        table[name] = pa.array(np.append(zeros, value))
+    return pa.table(table)
+
+
+class TokenShardSink(Datasink):
+    """Writes each write task's sequences to one temporary Parquet file; returns counts."""
+
+    def __init__(self, out: str, rows_per_shard: int) -> None:
+        self.out, self.rows_per_shard = out, rows_per_shard
+        self.results: list[dict[str, Any]] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_shard
+
+    def on_write_start(self, schema=None) -> None:
+        fs, root = resolve(self.out)
+        fs.create_dir(root, recursive=True)
+
+    def write(self, blocks, ctx) -> dict[str, Any]:
+        parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
+        parts = [p for p in parts if p.num_rows]
+        result: dict[str, Any] = {"file": None, "rows": 0, "min_seq_id": None, "sources": {}}
+        result.update({name: 0 for name in _STAT_COLUMNS})
+        if not parts:
+            return result
+        table = pa.concat_tables(parts)
+        for name in _STAT_COLUMNS:
+            result[name] = int(pc.sum(table.column(name)).as_py() or 0)
+        seqs = table.filter(pc.greater_equal(table.column("seq_id"), 0))
+        seqs = seqs.select(shard_schema().names).cast(shard_schema())
+        if not seqs.num_rows:
+            return result
+        seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
+        fs, root = resolve(self.out)
+        fs.create_dir(root, recursive=True)
+        name = f"_tmp-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(seqs, f"{root}/{name}", filesystem=fs)
+        for src, count in zip(*np.unique(np.asarray(seqs.column("source").to_pylist(), dtype=object),
+                                          return_counts=True)):
+            result["sources"][str(src)] = int(count)
+        result.update(file=name, rows=seqs.num_rows, min_seq_id=int(seqs.column("seq_id")[0].as_py()))
+        return result
+
+    def on_write_complete(self, write_result) -> None:
+        self.results = list(write_result.write_returns)
+
+
+def _clear(out: str, overwrite: bool) -> None:
+    fs, root = resolve(out)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise InputError(f"{out}: exists and is a file")
+    if info.type != pafs.FileType.Directory:
+        return
+    entries = fs.get_file_info(pafs.FileSelector(root))
+    if entries and not overwrite:
+        raise InputError(f"{out}: output directory is not empty (pass overwrite to replace it)")
+    for e in entries:
+        name = e.path.rsplit("/", 1)[-1]
+        if e.type == pafs.FileType.File and (name == MANIFEST or name.startswith(("shard-", "_tmp-"))):
+            fs.delete_file(e.path)
+
+
+def write_token_shards(
+    data: Any,
+    out_dir: str,
+    seq_len: int,
+    *,
+    source: str = "",
+    tokenizer_hash: str | None = None,
+    drop_tail: bool = True,
+    pad_id: int = 0,
+    rows_per_shard: int = 10_000,
+    unit_column: str = UNIT_COLUMN,
+    order_column: str | None = ORDER_COLUMN,
+    overwrite: bool = False,
+    num_partitions: int | None = None,
+    shuffle: Literal["sort", "hash"] = "sort",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pack tokenised documents into ``seq_len`` sequences and write shards + manifest.
+
+    ``data`` is a ``ray.data.Dataset`` with a ``tokens`` list column, an integer
+    ``unit_column`` and an integer ``order_column`` giving the documents' order inside their
+    unit (None: no such column; the order inside a unit is then whatever the shuffle gives,
+    which is deterministic only if the unit's rows arrive in one block); or a list of ``pyarrow.Table`` with a ``tokens`` column (table ``i`` is
+    unit ``i``, rows in table order). ``num_partitions`` sets the groupby shuffle's partitions
+(Ray Data's default when None; about the number of units, capped at a few per CPU, suits
+this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``). Documents should end in eos (the ``Tokenize`` step adds
+    it). ``extra`` is merged into the manifest. Returns the manifest."""
+    import ray
+
+    cfg = PackConfig(seq_len=seq_len, drop_tail=drop_tail, pad_id=pad_id)
+    cfg.validate()
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard: {rows_per_shard} must be at least 1")
+    if isinstance(data, (list, tuple)):
+        order_column = order_column or ORDER_COLUMN
+        tables = []
+        for i, t in enumerate(data):
+            t = t.select(["tokens"])
+            tables.append(t.append_column(unit_column, pa.array(np.full(t.num_rows, i, np.int64)))
+                          .append_column(order_column, pa.array(np.arange(t.num_rows, dtype=np.int64))))
+        tables = [t for t in tables if t.num_rows]
+        ds = ray.data.from_arrow(tables) if tables else None
+        num_partitions = num_partitions or max(1, len(tables))
+    else:
+        ds = data  # not checked here: ds.schema() would run the plan's first stages
+    _clear(out_dir, overwrite)
+    sink = TokenShardSink(out_dir, rows_per_shard)
+    sink.on_write_start()
+    if ds is not None:
+        keep = ["tokens", unit_column] + ([order_column] if order_column else [])
+        with shuffle_strategy(shuffle):
+            packed = ds.select_columns(keep).groupby(unit_column, num_partitions=num_partitions).map_groups(
+                _pack_unit, batch_format="pyarrow",
+                fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column})
+            packed.write_datasink(sink)
+    return _finish(out_dir, sink.results, cfg, source, tokenizer_hash, extra)
+
+
+def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source: str,
+            tokenizer_hash: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Rename the temporary files to ``shard-NNNNN.parquet`` in ``seq_id`` order; write the manifest."""
+    fs, root = resolve(out_dir)
+    written = sorted((r for r in results if r["file"]), key=lambda r: r["min_seq_id"])
+    shards = []
+    for i, r in enumerate(written):
+        name = f"shard-{i:05d}.parquet"
+        fs.move(f"{root}/{r['file']}", f"{root}/{name}")
+        shards.append({"path": name, "rows": r["rows"], "first_seq_id": r["min_seq_id"]})
+    totals = {name: sum(r[name] for r in results) for name in _STAT_COLUMNS}
+    by_source: dict[str, int] = {}
+    for r in results:
+        for src, n in r["sources"].items():
+            by_source[src] = by_source.get(src, 0) + n
+    stats = PackStats(tokens_in=totals["_tokens_in"], dropped=totals["_dropped"], padded=totals["_padded"])
+    num_sequences = sum(s["rows"] for s in shards)
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer_hash": tokenizer_hash,
+        "seq_len": cfg.seq_len,
+        "drop_tail": cfg.drop_tail,
+        "pad_id": cfg.pad_id,
+        "seq_id": f"unit << {UNIT_SHIFT} | position",
+        "num_sequences": num_sequences,
+        "num_tokens": num_sequences * cfg.seq_len,
+        "documents": totals["_docs"],
+        "document_tokens": totals["_tokens_in"],
+        "dropped_tokens": totals["_dropped"],
+        "padded_tokens": totals["_padded"],
+        "waste_fraction": stats.waste_fraction,
+        "sources": {src: {"sequences": n, "tokens": n * cfg.seq_len} for src, n in sorted(by_source.items())},
+        "shards": shards,
+        **(extra or {}),
+    }
+    if not by_source and source:
+        manifest["sources"] = {source: {"sequences": 0, "tokens": 0}}
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
+        f.write(json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+    return manifest
+
+
+def _manifest_uri(path: str) -> tuple[str, str]:
+    """(shard folder, manifest path) for a shard folder or its manifest.json."""
+    path = str(path).rstrip("/")
+    if path.endswith(MANIFEST):
+        return path[: -len(MANIFEST)].rstrip("/"), path
+    return path, f"{path}/{MANIFEST}"
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The manifest of the shard folder ``path`` (local or URI; or the manifest file itself)."""
+    _, manifest = _manifest_uri(path)
+    fs, p = resolve(manifest)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        raise InputError(f"{manifest}: no token-shard manifest")
+    with fs.open_input_stream(p) as f:
+        data = json.loads(f.read().decode("utf-8"))
+    if data.get("format") != FORMAT:
+        raise InputError(f"{manifest}: format {data.get('format')!r} is not {FORMAT!r}")
+    return data
+
+
+def open_token_dataset(path: str, *, sort: bool = True, shuffle: Literal["sort", "hash"] = "sort"):
+    """The sequences of a shard folder (local path or URI) as a ``ray.data.Dataset`` with
+    ``seq_id``, ``tokens``, ``cu_seqlens`` and ``source``; sorted by ``seq_id`` unless
+    ``sort`` is false (the sort is a distributed Ray Data shuffle, see ``shuffle_strategy``)."""
+    import ray
+
+    folder, _ = _manifest_uri(path)
+    manifest = read_manifest(path)
+    if not manifest["shards"]:
+        return ray.data.from_arrow(shard_schema().empty_table())
+    files = [f"{folder}/{s['path']}" for s in manifest["shards"]]
+    if "://" not in folder:
+        import os
+
+        files = [os.path.abspath(f) for f in files]
+    from raylm.data.tokenizer import _read_parquet_v1
+
+    ds = _read_parquet_v1(files, schema=shard_schema())
+    if not sort:
+        return ds
+    with shuffle_strategy(shuffle):
+        return ds.sort("seq_id")
