@@ -7,14 +7,15 @@ the pipeline's internal columns. A BPE tokenizer is trained on the same real tex
 (``raylm.data.tokenizer.train_from_iterator``).
 
 * sentencepiece: one process, ``sp.encode(text, add_eos=True)`` per document.
-* raylm: ``read_parquet -> map_batches(StepActor, Tokenize)`` on an actor pool of one actor
-  per core (as ``pipeline.py`` runs a ``needs_actor`` step; Ray gets one logical CPU more
-  than that for the read tasks), consumed with ``iter_batches``;
-  the wall time includes reading, actor start-up and moving the token lists to the driver,
-  not ``ray.init``.
+* raylm: ``from_items(files) -> map_batches(read) -> map_batches(StepActor, Tokenize)`` (the
+  read as ``pipeline.py`` does it, fused by Ray into the actor operator) on an actor pool of
+  one actor per core, Ray started with exactly that many logical CPUs, consumed with
+  ``iter_batches``; the wall time includes reading, actor start-up and moving the token
+  lists to the driver, not ``ray.init``.
 
-Per-core throughput is MB/s divided by the cores used; ``tokenize_ratio_vs_sentencepiece``
-is raylm's per-core MB/s over sentencepiece's.
+Per-core throughput is MB/s divided by ``cores_used`` (the logical CPUs Ray's workers hold,
+at most the machine's cores); ``tokenize_ratio_vs_sentencepiece`` is raylm's per-core MB/s
+(whole run, best repeat) over sentencepiece's (one core).
 
     python benchmarks/tokenize_speed.py [--mb 30] [--vocab-size 8000] [--num-cpus N]
 """
@@ -102,19 +103,31 @@ def run_sentencepiece(model: str, docs: list[str]) -> dict:
     return {"wall_s": time.perf_counter() - t0, "tokens": tokens}
 
 
+def _read_file(batch: dict, batch_size: int):
+    """Read one Parquet file (a row of ``from_items``) as ``batch_size``-row tables."""
+    for path in batch["path"]:
+        table = pq.read_table(str(path))
+        for start in range(0, table.num_rows, batch_size):
+            yield table.slice(start, batch_size)
+
+
 def run_ray(model: str, folder: Path, num_cpus: int, batch_size: int) -> dict:
     import pyarrow.compute as pc
+    import ray
     from ray.data import ActorPoolStrategy
 
     from raylm.data.runner import StepActor
     from raylm.data.steps.tokenize import Tokenize, TokenizeConfig
-    from raylm.data.tokenizer import _read_parquet_v1
 
     step = Tokenize(TokenizeConfig(model=model))
     t0 = time.perf_counter()
-    ds = _read_parquet_v1([str(folder)])
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    # As pipeline.py reads: one row per file, read in a map task; Ray fuses that task into the
+    # actor operator, so each of the ``num_cpus`` actors reads its files and tokenises them.
+    ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
+    ds = ds.map_batches(_read_file, batch_size=1, batch_format="numpy", fn_kwargs={"batch_size": batch_size})
     ds = ds.map_batches(StepActor, fn_constructor_args=(step, None), batch_format="pyarrow",
-                        batch_size=batch_size, compute=ActorPoolStrategy(size=num_cpus))
+                        batch_size=None, compute=ActorPoolStrategy(size=num_cpus))
     tokens = rows = 0
     first_at, after_first = None, 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -126,7 +139,8 @@ def run_ray(model: str, folder: Path, num_cpus: int, batch_size: int) -> dict:
             after_first += pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0
     wall = time.perf_counter() - t0
     steady = (after_first / 1e6) / (time.perf_counter() - first_at) if first_at else 0.0
-    return {"wall_s": wall, "tokens": tokens, "rows": rows, "steady_mb_per_s": steady}
+    return {"wall_s": wall, "tokens": tokens, "rows": rows, "steady_mb_per_s": steady,
+            "first_batch_s": (first_at or t0) - t0}
 
 
 def main() -> None:
@@ -163,12 +177,14 @@ def main() -> None:
         print(f"sentencepiece: {raw['wall_s']:.2f}s, {mb / raw['wall_s']:.2f} MB/s", flush=True)
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        # one logical CPU more than the actors, for the read tasks (the actors hold one each)
-        ray.init(num_cpus=args.num_cpus + 1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        # the read is fused into the actors, so Ray needs exactly one logical CPU per actor
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
         DataContext.get_current().print_on_execution_start = False
+        # as pipeline.py does: per-operator reservation serialises stages on a small node
+        DataContext.get_current().op_resource_reservation_enabled = False
         runs = [run_ray(model, tmp / "corpus", args.num_cpus, args.batch_size) for _ in range(args.repeats)]
         ray.shutdown()
     for r in runs:
@@ -178,12 +194,13 @@ def main() -> None:
             raise SystemExit(f"token counts differ: raylm {r['tokens']} ({r['rows']} docs) vs "
                              f"sentencepiece {raw['tokens']} ({len(docs)} docs)")
     best = min(runs, key=lambda r: r["wall_s"])
-    ours_core = mb / best["wall_s"] / args.num_cpus
+    cores = min(args.num_cpus, os.cpu_count() or args.num_cpus)
+    ours_core = mb / best["wall_s"] / cores
     raw_core = mb / raw["wall_s"]
     result = {
         "date": dt.date.today().isoformat(),
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (CPU only)",
-        "cores_used": args.num_cpus,
+        "cores_used": cores,
         "corpus_mb": round(mb, 2),
         "corpus_docs": len(docs),
         "korean_byte_share": round(ko_share, 3),
@@ -194,14 +211,16 @@ def main() -> None:
         "sentencepiece_mb_per_s": round(raw_core, 3),
         "sentencepiece_tokens_per_s": round(raw["tokens"] / raw["wall_s"]),
         "raylm_wall_s": [round(r["wall_s"], 3) for r in runs],
+        "raylm_first_batch_s": [round(r["first_batch_s"], 3) for r in runs],
+        "tokenize_ratio_per_repeat": [round(mb / r["wall_s"] / cores / raw_core, 3) for r in runs],
         "raylm_mb_per_s": round(mb / best["wall_s"], 3),
         "raylm_mb_per_s_per_core": round(ours_core, 3),
-        "raylm_tokens_per_s_per_core": round(best["tokens"] / best["wall_s"] / args.num_cpus),
+        "raylm_tokens_per_s_per_core": round(best["tokens"] / best["wall_s"] / cores),
         "tokenize_ratio_vs_sentencepiece": round(ours_core / raw_core, 3),
-        "raylm_steady_mb_per_s_per_core": round(best["steady_mb_per_s"] / args.num_cpus, 3),
-        "steady_ratio_vs_sentencepiece": round(best["steady_mb_per_s"] / args.num_cpus / raw_core, 3),
-        "notes": ("raylm wall includes Parquet read, actor start-up and moving token lists to the "
-                  "driver; best of the repeats; excludes ray.init. 'steady' counts only from the "
+        "raylm_steady_mb_per_s_per_core": round(best["steady_mb_per_s"] / cores, 3),
+        "steady_ratio_vs_sentencepiece": round(best["steady_mb_per_s"] / cores / raw_core, 3),
+        "notes": ("raylm wall includes Parquet read (fused into the actors), actor start-up and moving token lists to the "
+                  "driver; best of the repeats (all in tokenize_ratio_per_repeat); excludes ray.init; per core = over cores_used. 'steady' counts only from the "
                   "first output batch to the last (start-up excluded). sentencepiece: one process, "
                   "encode per document."),
     }

@@ -38,18 +38,38 @@ class TokenizeConfig(StepConfig):
             raise ConfigError(f"num_threads: {self.num_threads} must be at least 1")
 
 
+def _encode_flat(sp: Any, texts: list[str], add_bos: bool, add_eos: bool,
+                 num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat int32 ids, lengths)`` of a batch.
+
+    SentencePiece >= 0.2.1 returns each document as an int32 NumPy array
+    (``out_type="numpy"``), so the flat values are one ``np.concatenate`` of C buffers; an older
+    one returns Python lists of ints, flattened with ``np.fromiter``."""
+    try:
+        arrays = sp.encode(texts, out_type="numpy", add_bos=add_bos, add_eos=add_eos,
+                           num_threads=num_threads)
+    except (ValueError, TypeError, RuntimeError):  # no 'numpy' out_type in this sentencepiece
+        arrays = None
+    if arrays is not None:
+        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+        return flat.astype(np.int32, copy=False), lengths
+    ids = sp.encode(texts, out_type=int, add_bos=add_bos, add_eos=add_eos, num_threads=num_threads)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths
+
+
 def encode_to_arrow(sp: Any, texts: list[str], add_bos: bool, add_eos: bool,
                     num_threads: int = 1) -> tuple[pa.ListArray, np.ndarray]:
     """``(tokens, lengths)``: one batched ``encode`` call, then a ``list<int32>`` array."""
-    ids = sp.encode(texts, out_type=int, add_bos=add_bos, add_eos=add_eos, num_threads=num_threads)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total)
+    flat, lengths = _encode_flat(sp, texts, add_bos, add_eos, num_threads)
+    total = len(flat)
     if total >= 2**31:  # list<int32> has int32 offsets
         raise ValueError(f"tokenize: a batch of {total} tokens overflows list offsets; lower batch_size")
-    tokens = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
     return tokens, lengths
 
 
