@@ -60,13 +60,17 @@ def fmix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-@lru_cache(maxsize=4)
-def _powers(n: int) -> np.ndarray:
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+
+
+@lru_cache(maxsize=8)
+def _powers(n: int, base: int = int(_P)) -> np.ndarray:
+    """``base**i mod 2**64`` for i < n."""
     with np.errstate(over="ignore"):
         out = np.empty(n, dtype=np.uint64)
         out[0] = 1
-        step = np.uint64(_P)
-        # doubling: fill [k, 2k) from [0, k) times P**k
+        step = np.uint64(base)
+        # doubling: fill [k, 2k) from [0, k) times base**k
         k = 1
         while k < n:
             m = min(k, n - k)
@@ -77,17 +81,21 @@ def _powers(n: int) -> np.ndarray:
 
 
 def _segment_hashes(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Hash ``codes[s:e]`` for every (s, e) at once with one prefix sum (mod 2**64)."""
+    """Hash ``codes[s:e]`` for every (s, e) at once with one prefix sum (mod 2**64).
+
+    The prefix sum gives ``sum codes[i] * P**i`` over a segment; multiplying by ``P**-s``
+    (P is odd, so it has an inverse mod 2**64) shifts it to ``sum codes[s+j] * P**j``, which
+    depends on the segment's bytes alone, not on where it sits in the batch or on the
+    batch's size: a document hashes the same in every batch.
+    """
     n = len(codes)
-    pw = _powers(_next_pow2(n + 1))
+    size = _next_pow2(n + 1)
+    pw, inv = _powers(size), _powers(size, int(_P_INV))
     with np.errstate(over="ignore"):
         prefix = np.zeros(n + 1, dtype=np.uint64)
         np.cumsum(codes.astype(np.uint64) * pw[:n], out=prefix[1:])
-        raw = prefix[ends] - prefix[starts]
-        # align every segment to the same top power so equal segments hash equal
-        top = len(pw) - 1
-        aligned = raw * pw[top - starts]
-        return fmix64(aligned + (ends - starts).astype(np.uint64))
+        shifted = (prefix[ends] - prefix[starts]) * inv[starts]
+        return fmix64(shifted + (ends - starts).astype(np.uint64))
 
 
 def _next_pow2(n: int) -> int:
@@ -245,3 +253,17 @@ def lsh_params(num_perm: int) -> tuple[int, int]:
 def band_similarity(collisions: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """Jaccard estimated from the share of bands two signatures share: P(band) = J**rows."""
     return np.power(np.clip(collisions / bands, 0.0, 1.0), 1.0 / rows)
+
+
+def min_shared_bands(threshold: float, bands: int, rows: int, recall: float) -> int:
+    """Largest band count m with P(Binomial(bands, threshold**rows) >= m) >= recall."""
+    from math import comb
+
+    p = threshold**rows
+    pmf = [comb(bands, k) * p**k * (1 - p) ** (bands - k) for k in range(bands + 1)]
+    tail = 0.0
+    for m in range(bands, 0, -1):  # tail = P(count >= m)
+        tail += pmf[m]
+        if tail >= recall:
+            return m
+    return 1

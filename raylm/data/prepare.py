@@ -52,7 +52,7 @@ class PrepareConfig:
     actor_pool_size: int = 2
     """Most tokeniser actors."""
     rows_per_shard: int = 10_000
-    """Sequences per shard file (at least, except the last ones)."""
+    """Most sequences per shard file."""
     shuffle: Literal["sort", "hash"] = "sort"
     """Ray Data shuffle that groups each file's documents for packing (``shards.shuffle_strategy``)."""
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)

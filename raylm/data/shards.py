@@ -107,7 +107,9 @@ def _pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: st
 
 
 class TokenShardSink(Datasink):
-    """Writes each write task's sequences to one temporary Parquet file; returns counts."""
+    """Writes each write task's sequences to temporary Parquet files of at most
+    ``rows_per_shard`` rows (Ray Data bundles blocks up to *at least* ``min_rows_per_write``,
+    so one task can get many shards' worth); returns the files and counts."""
 
     def __init__(self, out: str, rows_per_shard: int) -> None:
         self.out, self.rows_per_shard = out, rows_per_shard
@@ -124,7 +126,7 @@ class TokenShardSink(Datasink):
     def write(self, blocks, ctx) -> dict[str, Any]:
         parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
         parts = [p for p in parts if p.num_rows]
-        result: dict[str, Any] = {"file": None, "rows": 0, "min_seq_id": None, "sources": {}}
+        result: dict[str, Any] = {"files": [], "sources": {}}
         result.update({name: 0 for name in _STAT_COLUMNS})
         if not parts:
             return result
@@ -138,12 +140,16 @@ class TokenShardSink(Datasink):
         seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
         fs, root = resolve(self.out)
         fs.create_dir(root, recursive=True)
-        name = f"_tmp-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        pq.write_table(seqs, f"{root}/{name}", filesystem=fs)
+        tag = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
+        for j, lo in enumerate(range(0, seqs.num_rows, self.rows_per_shard)):
+            part = seqs.slice(lo, self.rows_per_shard)
+            name = f"_tmp-{tag}-{j:05d}.parquet"
+            pq.write_table(part, f"{root}/{name}", filesystem=fs)
+            result["files"].append({"file": name, "rows": part.num_rows,
+                                    "min_seq_id": int(part.column("seq_id")[0].as_py())})
         for src, count in zip(*np.unique(np.asarray(seqs.column("source").to_pylist(), dtype=object),
                                           return_counts=True)):
             result["sources"][str(src)] = int(count)
-        result.update(file=name, rows=seqs.num_rows, min_seq_id=int(seqs.column("seq_id")[0].as_py()))
         return result
 
     def on_write_complete(self, write_result) -> None:
@@ -228,7 +234,7 @@ def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source
             tokenizer_hash: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
     """Rename the temporary files to ``shard-NNNNN.parquet`` in ``seq_id`` order; write the manifest."""
     fs, root = resolve(out_dir)
-    written = sorted((r for r in results if r["file"]), key=lambda r: r["min_seq_id"])
+    written = sorted((f for r in results for f in r["files"]), key=lambda f: f["min_seq_id"])
     shards = []
     for i, r in enumerate(written):
         name = f"shard-{i:05d}.parquet"

@@ -20,6 +20,19 @@ def test_signatures_equal_datasketch_on_the_same_shingles():
         assert np.array_equal(ref.hashvalues.astype(np.uint32), sig[i])
 
 
+def test_a_documents_signature_does_not_depend_on_its_batch():
+    """Near-duplicates land in different batches of different sizes; their shingles must
+    hash alike there, or LSH never brings them together."""
+    rng = np.random.default_rng(3)
+    words = EN.split()
+    filler = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(5, 4000, size=300)]
+    alone = mh.signatures(*mh.shingle_hashes([EN]), 1)[0]
+    for batch in (filler[:3] + [EN], filler + [EN], [EN] + filler[:150]):
+        hv, doc = mh.shingle_hashes(batch)
+        sig = mh.signatures(hv, doc, len(batch))
+        assert np.array_equal(sig[batch.index(EN)], alone)
+
+
 def test_permutations_are_datasketchs():
     for num_perm, seed in ((128, 1), (64, 42)):
         a, b = MinHash(num_perm=num_perm, seed=seed).permutations
@@ -105,3 +118,18 @@ def test_band_keys_separate_bands(bands, rows):
     keys = mh.band_keys(sig, bands, rows)
     assert len(set(keys[0].tolist())) == bands  # equal slices in different bands differ
     assert np.array_equal(keys[0], keys[1])
+
+
+def test_verification_cut_holds_recall_at_threshold_and_rejects_far_pairs():
+    from math import comb
+
+    bands, rows = mh.lsh_params(128)
+    need = mh.min_shared_bands(0.8, bands, rows, recall=0.999)
+
+    def accept(j):  # exact P(Binomial(bands, j**rows) >= need)
+        p = j**rows
+        return sum(comb(bands, k) * p**k * (1 - p) ** (bands - k) for k in range(need, bands + 1))
+
+    assert accept(0.8) >= 0.999 and accept(0.85) > 0.9999
+    assert accept(0.4) < 0.002 and accept(0.3) < 1e-4
+    assert mh.min_shared_bands(0.8, bands, rows, recall=0.99) >= need  # less recall, stricter cut

@@ -88,6 +88,7 @@ def test_manifest_matches_shards(prepared, model, curated):
         rows = [pq.ParquetFile(out / src / s["path"]).metadata.num_rows for s in m["shards"]]
         assert [s["rows"] for s in m["shards"]] == rows
         assert len(rows) > 1 and sum(rows) == m["num_sequences"] > 20
+        assert max(rows) <= 20  # rows_per_shard caps a shard, however Ray Data bundles the writes
         assert m["sources"] == {src: {"sequences": sum(rows), "tokens": sum(rows) * SEQ_LEN}}
         assert [s["path"] for s in m["shards"]] == [f"shard-{i:05d}.parquet" for i in range(len(rows))]
         assert sorted(p.name for p in (out / src).iterdir()) == sorted([s["path"] for s in m["shards"]]

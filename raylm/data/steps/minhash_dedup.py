@@ -3,8 +3,10 @@
 Signatures are datasketch's MinHash, computed for whole batches (``raylm.data.minhash``).
 LSH is tuned for recall: ``bands x rows`` with few rows makes documents well below the
 threshold candidates, and a candidate pair is then *verified*: its Jaccard similarity is
-estimated from the share of bands it shares (``P(band) = J ** rows``), and only pairs whose
-estimate reaches ``verify_threshold`` count as duplicates. Plain banding at the threshold
+estimated from the share of bands it shares (``P(band) = J ** rows``): a pair counts as a
+duplicate when it shares at least as many bands as a pair exactly at the threshold does with
+probability ``recall_at_threshold`` (a quantile of the binomial), so recall at and above the
+threshold is held by construction while pairs far below it stay out. Plain banding at the threshold
 loses pairs near it; clustering every candidate removes documents with no real partner;
 candidates-for-recall plus verification avoids both.
 """
@@ -40,8 +42,10 @@ class MinHashConfig(StepConfig):
     rows: int | None = None
     """Rows per band; default 4 (candidates from about J=0.4 up, for recall)."""
     verify_threshold: float | None = None
-    """Estimated Jaccard a candidate pair must reach; default ``threshold - 0.1``, which
-    keeps pairs at the threshold (the estimate's standard deviation is about 0.04)."""
+    """Estimated Jaccard a candidate pair must reach. Default: set from ``recall_at_threshold``."""
+    recall_at_threshold: float = 0.999
+    """Chance that a pair exactly at ``threshold`` shares enough bands to pass verification:
+    the shared-band count is Binomial(bands, threshold**rows), and the cut is its quantile."""
     seed: int = 1
     """Seed of datasketch's permutations."""
     all_pairs_upto: int = 16
@@ -55,13 +59,24 @@ class MinHashConfig(StepConfig):
         bands, rows = self.lsh()
         if bands < 1 or rows < 1 or bands * rows > self.num_perm:
             raise ConfigError(f"bands * rows = {bands} * {rows} must be <= num_perm = {self.num_perm}")
+        if not 0.0 < self.recall_at_threshold < 1.0:
+            raise ConfigError(f"recall_at_threshold must be in (0, 1), got {self.recall_at_threshold}")
 
     def lsh(self) -> tuple[int, int]:
         rows = self.rows or mh.lsh_params(self.num_perm)[1]
         return self.bands or self.num_perm // rows, rows
 
+    def min_shared_bands(self) -> int:
+        """Bands a candidate pair must share to count as a duplicate."""
+        bands, rows = self.lsh()
+        if self.verify_threshold is not None:
+            return max(1, int(np.ceil(bands * self.verify_threshold**rows - 1e-9)))
+        return mh.min_shared_bands(self.threshold, bands, rows, self.recall_at_threshold)
+
     def verify(self) -> float:
-        return self.verify_threshold if self.verify_threshold is not None else max(self.threshold - 0.1, 0.0)
+        """The estimated Jaccard the cut corresponds to (for reports)."""
+        bands, rows = self.lsh()
+        return float(mh.band_similarity(np.array(self.min_shared_bands()), bands, rows))
 
 
 def band_table(batch: pa.Table, cfg: MinHashConfig, num_shards: int) -> pa.Table:
@@ -88,8 +103,7 @@ class MinHashDedup(DatasetStep):
 
     def run(self, ds: Any, ctx: Any) -> Any:
         cfg: MinHashConfig = self.cfg
-        bands, rows = cfg.lsh()
-        need = int(np.ceil(bands * cfg.verify() ** rows))  # shared bands for the estimate to pass
+        need = cfg.min_shared_bands()
 
         def accept(counts: np.ndarray) -> np.ndarray:
             return counts >= need
