@@ -1,8 +1,12 @@
 """Feeding Ray Train: packed sequences -> per-worker torch batches in a deterministic, resumable order.
 
 Input: a packed dataset, i.e. a ``ray.data.Dataset`` or a Parquet folder with ``seq_id``
-(int64, dense ``0..N-1``), ``tokens`` (list<int32>, all ``seq_len`` long) and ``cu_seqlens``
-(list<int32>, from 0 to ``seq_len``).
+(int64), ``tokens`` (list<int32>, all ``seq_len`` long) and ``cu_seqlens`` (list<int32>, from
+0 to ``seq_len``). The order below works on *indices* ``0..N-1``: for a Dataset or a plain
+folder the index is the seq_id (which must then be dense); for a token-shard folder written by
+``raylm prepare`` (seq_id ``unit << 32 | position``, see ``shards``) the manifest's per-unit
+counts map index ``i`` to the ``i``-th smallest seq_id (``IdMap``), so a window of consecutive
+indices is one seq_id range. Batches carry the stored seq_ids.
 
 Global order (a pure function of ``seed``, ``epoch``, ``N`` and ``window``): the id space is cut
 into *windows* of ``window`` consecutive seq_ids; each epoch visits the windows in a seeded
@@ -143,6 +147,65 @@ def global_order(num_sequences: int, window: int, seed: int, epoch: int) -> np.n
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+class IdMap:
+    """Index ``0..N-1`` <-> seq_id for ids ``unit << shift | position`` with ``counts[u]``
+    positions in unit ``units[u]`` (units ascending). ``IdMap.identity(n)`` is the dense case."""
+
+    def __init__(self, units: np.ndarray, counts: np.ndarray, shift: int = 32) -> None:
+        self.units = np.asarray(units, np.int64)
+        self.counts = np.asarray(counts, np.int64)
+        if len(self.units) and (np.any(np.diff(self.units) <= 0) or np.any(self.counts < 1)):
+            raise ValueError("units must be ascending with positive counts")
+        self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
+        self.shift = shift
+
+    @classmethod
+    def identity(cls, n: int) -> IdMap:
+        return cls(np.zeros(1 if n else 0, np.int64), np.array([n] if n else [], np.int64), 0)
+
+    @property
+    def size(self) -> int:
+        return int(self.offsets[-1])
+
+    def to_seq_id(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, np.int64)
+        u = np.searchsorted(self.offsets, index, side="right") - 1
+        return (self.units[u] << self.shift) | (index - self.offsets[u])
+
+    def to_index(self, seq_id: np.ndarray) -> np.ndarray:
+        """Indices of ``seq_id``s; -1 for ids outside the map."""
+        seq_id = np.asarray(seq_id, np.int64)
+        if self.shift:
+            unit, pos = seq_id >> self.shift, seq_id & ((1 << self.shift) - 1)
+        else:
+            unit, pos = np.zeros_like(seq_id), seq_id
+        u = np.clip(np.searchsorted(self.units, unit), 0, max(len(self.units) - 1, 0))
+        ok = (len(self.units) > 0) & (self.units[u] == unit) & (pos >= 0) & (pos < self.counts[u])
+        return np.where(ok, self.offsets[u] + pos, -1)
+
+    def seq_id_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The seq_id range ``[a, b)`` holding exactly the indices ``[lo, hi)``."""
+        first, last = self.to_seq_id(np.array([lo, hi - 1]))
+        return int(first), int(last) + 1
+
+
+def _manifest_units(path: str) -> IdMap | None:
+    """The IdMap of a token-shard folder from its manifest (None: no manifest or no units)."""
+    import json
+
+    fs, root = _open(path)
+    try:
+        with fs.open_input_stream(root.rstrip("/") + "/manifest.json") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return None
+    if "units" not in manifest:
+        return None
+    units = np.array([u for u, _ in manifest["units"]], np.int64)
+    counts = np.array([c for _, c in manifest["units"]], np.int64)
+    return IdMap(units, counts, int(manifest.get("unit_shift", 32)))
+
+
 _COLUMNS = ["seq_id", "tokens", "cu_seqlens"]
 _READ_TASK_BYTES = 64 << 20
 
@@ -232,8 +295,13 @@ class _Source:
 
         self.groups: list[_RowGroup] | None = None
         self.ds = None
+        self.ids: IdMap | None = None
         if isinstance(data, str):
             self.groups = _parquet_row_groups(data)
+            self.ids = _manifest_units(data)
+            if self.ids is not None and self.ids.size != sum(g.rows for g in self.groups):
+                raise ValueError(f"{data}: the manifest counts {self.ids.size} sequences, the files "
+                                 f"{sum(g.rows for g in self.groups)}")
         elif isinstance(data, ray.data.Dataset):
             self.ds = data.select_columns(_COLUMNS)
         else:
@@ -247,6 +315,9 @@ class _Source:
         if self.ds is not None:
             return self.ds.count()
         return sum(g.rows for g in self.groups)
+
+    def id_map(self, num_sequences: int) -> IdMap:
+        return self.ids if self.ids is not None else IdMap.identity(num_sequences)
 
     def window(self, lo: int, hi: int):
         """The rows with ``lo <= seq_id < hi`` as a Dataset (None when no row group can hold any)."""
@@ -309,6 +380,9 @@ class TrainBatches:
         if now.steps_per_epoch < 1:
             raise ValueError(f"{num_sequences} sequences make no global batch of {now.global_batch_size}")
         self.position = position if position is not None else now
+        self.ids = self._source.id_map(num_sequences)
+        if self.ids.size != num_sequences:
+            raise ValueError(f"num_sequences={num_sequences} but the data holds {self.ids.size}")
         self.rank = world_rank
         self.prefetch = prefetch
         self.num_epochs = num_epochs
@@ -379,20 +453,23 @@ class TrainBatches:
             epoch, start = epoch + 1, 0
 
     def _read(self, lo: int, hi: int, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Rows ``ids`` (all in ``[lo, hi)``) in that order: tokens ``(n, L)`` and cu_seqlens."""
+        """Rows of indices ``ids`` (all in ``[lo, hi)``) in that order: tokens ``(n, L)`` and cu_seqlens."""
         slot = np.full(hi - lo, -1, np.int64)
         slot[ids - lo] = np.arange(len(ids))
         tokens: np.ndarray | None = None
         cu: list[np.ndarray | None] = [None] * len(ids)
         found = 0
-        ds = self._source.window(lo, hi)
+        ds = self._source.window(*self.ids.seq_id_range(lo, hi))
         batches = [] if ds is None else ds.iter_batches(
             batch_size=self.read_batch_size, batch_format="pyarrow", prefetch_batches=2)
         for t in batches:
             if self._stop.is_set():
                 raise _Stopped
             sid = t.column("seq_id").to_numpy()
-            k = slot[sid - lo]
+            idx = self.ids.to_index(sid)
+            if np.any((idx < lo) | (idx >= hi)):
+                raise ValueError(f"seq_ids {sid[(idx < lo) | (idx >= hi)][:5].tolist()} are not in the data's id map")
+            k = slot[idx - lo]
             keep = np.flatnonzero(k >= 0)
             if not len(keep):
                 continue
@@ -415,8 +492,9 @@ class TrainBatches:
                 cu[k[j]] = np.asarray(cu_list[j], np.int64)
             found += len(keep)
         if found != len(ids):
-            missing = [int(i) for i, c in zip(ids, cu) if c is None][:5]
-            raise ValueError(f"seq_ids {missing} are missing from the data: seq_id must be dense 0..N-1")
+            missing = [int(i) for i, c in zip(self.ids.to_seq_id(ids), cu) if c is None][:5]
+            raise ValueError(f"seq_ids {missing} are missing from the data: without a token-shard "
+                             "manifest, seq_id must be dense 0..N-1")
         return tokens, cu  # type: ignore[return-value]
 
     def _put(self, out: queue.Queue, item: Any) -> bool:
@@ -432,7 +510,7 @@ class TrainBatches:
     def _reader(self, out: queue.Queue) -> None:
         try:
             for epoch, lo, hi, ids in self._plan():
-                if not self._put(out, (epoch, ids, *self._read(lo, hi, ids))):
+                if not self._put(out, (epoch, self.ids.to_seq_id(ids), *self._read(lo, hi, ids))):
                     return
             self._put(out, None)
         except _Stopped:
@@ -443,7 +521,7 @@ class TrainBatches:
     def _windows(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[np.ndarray]]]:
         if self.prefetch == 0:
             for epoch, lo, hi, ids in self._plan():
-                yield (epoch, ids, *self._read(lo, hi, ids))
+                yield (epoch, self.ids.to_seq_id(ids), *self._read(lo, hi, ids))
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         self._thread = threading.Thread(target=self._reader, args=(q,), daemon=True, name="TrainBatches")

@@ -126,7 +126,7 @@ class TokenShardSink(Datasink):
     def write(self, blocks, ctx) -> dict[str, Any]:
         parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
         parts = [p for p in parts if p.num_rows]
-        result: dict[str, Any] = {"files": [], "sources": {}}
+        result: dict[str, Any] = {"files": [], "sources": {}, "units": {}}
         result.update({name: 0 for name in _STAT_COLUMNS})
         if not parts:
             return result
@@ -150,6 +150,8 @@ class TokenShardSink(Datasink):
         for src, count in zip(*np.unique(np.asarray(seqs.column("source").to_pylist(), dtype=object),
                                           return_counts=True)):
             result["sources"][str(src)] = int(count)
+        units, counts = np.unique(seqs.column("seq_id").to_numpy() >> UNIT_SHIFT, return_counts=True)
+        result["units"] = {int(u): int(c) for u, c in zip(units, counts)}
         return result
 
     def on_write_complete(self, write_result) -> None:
@@ -241,6 +243,10 @@ def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source
         fs.move(f"{root}/{r['file']}", f"{root}/{name}")
         shards.append({"path": name, "rows": r["rows"], "first_seq_id": r["min_seq_id"]})
     totals = {name: sum(r[name] for r in results) for name in _STAT_COLUMNS}
+    units: dict[int, int] = {}
+    for r in results:
+        for u, n in r["units"].items():
+            units[u] = units.get(u, 0) + n
     by_source: dict[str, int] = {}
     for r in results:
         for src, n in r["sources"].items():
@@ -255,6 +261,8 @@ def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source
         "drop_tail": cfg.drop_tail,
         "pad_id": cfg.pad_id,
         "seq_id": f"unit << {UNIT_SHIFT} | position",
+        "unit_shift": UNIT_SHIFT,
+        "units": [[u, units[u]] for u in sorted(units)],
         "num_sequences": num_sequences,
         "num_tokens": num_sequences * cfg.seq_len,
         "documents": totals["_docs"],

@@ -190,3 +190,16 @@ def test_torch_trainer_resume_matches_uninterrupted_run(ray_session, packed_dir,
     c = _fit("resume", storage, tmp_path / "BC", K, packed_dir)  # same name: get_checkpoint() is step k
     assert c.metrics["step"] == K
     assert _steps(tmp_path / "BC") == full
+
+
+def test_id_map_maps_indices_to_unit_position_ids_and_back():
+    from raylm.data.loader import IdMap
+
+    m = IdMap(np.array([0, 3, 7]), np.array([2, 3, 1]), shift=32)
+    want = [0, 1, 3 << 32, (3 << 32) | 1, (3 << 32) | 2, 7 << 32]
+    assert m.size == 6 and m.to_seq_id(np.arange(6)).tolist() == want
+    assert m.to_index(np.array(want)).tolist() == list(range(6))
+    assert m.to_index(np.array([2, 1 << 32, (3 << 32) | 3, 8 << 32])).tolist() == [-1] * 4
+    assert m.seq_id_range(1, 4) == (1, (3 << 32) | 2)  # one seq_id range per index window
+    ident = IdMap.identity(5)
+    assert ident.to_seq_id(np.arange(5)).tolist() == list(range(5)) == ident.to_index(np.arange(5)).tolist()

@@ -190,3 +190,22 @@ def test_fim_per_document_and_cli(ray_session, model, curated, tmp_path, capsys)
 def test_bad_config(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(PrepareConfig, data)
+
+
+def test_train_batches_read_prepared_shards_once_per_epoch(ray_session, prepared):
+    """Shard seq_ids are ``unit << 32 | position`` (not dense): the loader maps indices
+    through the manifest and every sequence comes exactly once per epoch, in both ranks."""
+    from raylm.data.loader import TrainBatches
+
+    out, _ = prepared
+    folder = str(out / "ko")
+    stored = read_shards(out / "ko").column("seq_id").to_numpy()
+    assert (np.diff(stored >> UNIT_SHIFT) >= 0).all() and len(set(stored >> UNIT_SHIFT)) == 2
+    seen = []
+    for rank in (0, 1):
+        with TrainBatches(folder, 2, rank, 2, seed=3, window=16, num_epochs=1) as it:
+            for batch in it:
+                seen.extend(batch["seq_id"].tolist())
+                assert batch["input_ids"].shape == (2, SEQ_LEN)
+    usable = len(stored) // 4 * 4  # whole global batches of 2 x 2
+    assert len(seen) == len(set(seen)) == usable and set(seen) <= set(stored.tolist())

@@ -43,7 +43,7 @@ class MinHashConfig(StepConfig):
     """Rows per band; default 4 (candidates from about J=0.4 up, for recall)."""
     verify_threshold: float | None = None
     """Estimated Jaccard a candidate pair must reach. Default: set from ``recall_at_threshold``."""
-    recall_at_threshold: float = 0.999
+    recall_at_threshold: float = 0.995
     """Chance that a pair exactly at ``threshold`` shares enough bands to pass verification:
     the shared-band count is Binomial(bands, threshold**rows), and the cut is its quantile."""
     seed: int = 1

@@ -1,0 +1,255 @@
+"""A Llama-style decoder-only Transformer (Touvron et al. 2023) for packed batches.
+
+Pre-norm blocks (RMSNorm, Zhang & Sennrich 2019) of grouped-query attention with rotary
+position embeddings (Su et al. 2021) and a SwiGLU MLP (Shazeer 2020); no biases. Packed rows
+hold several documents: ``position_ids`` restart at every document and attention stays inside
+it (``raylm.model.attention``), so a document gives the same logits wherever it is packed.
+
+Distribution lives elsewhere (this file never imports ``torch.distributed``): build on the meta
+device, parallelise, then materialise, torchtitan style::
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    # fully_shard(block) for block in model.layers, then fully_shard(model)
+    model.to_empty(device="cuda")
+    model.init_weights()
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raylm.model.attention import attention, flex_block_mask
+from raylm.model.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None):
+    """float32 ``cos`` and ``sin`` of every (position, frequency) pair: ``(max_seq_len, head_dim / 2)``."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, L, H, D)`` by the angles of its positions, ``cos``/``sin`` ``(B, L, D / 2)``;
+    the two halves of the head dimension form the rotated pairs (as in Llama on Hugging Face)."""
+    cos, sin = cos[:, :, None], sin[:, :, None]  # (B, L, 1, D/2)
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, L, H, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.causal, self.backend = cfg.causal, cfg.attention
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        for w in (self.wq, self.wk, self.wv):
+            nn.init.normal_(w.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=out_std)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *,
+        cu_seqlens: torch.Tensor | None,
+        max_seqlen: int | None,
+        position_ids: torch.Tensor | None,
+        block_mask: object,
+    ) -> torch.Tensor:
+        B, L, _ = x.shape
+        q = self.wq(x).view(B, L, self.n_heads, self.head_dim)  # (B, L, H, D)
+        k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim)  # (B, L, Hkv, D)
+        v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attention(
+            q,
+            k,
+            v,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            position_ids=position_ids,
+            causal=self.causal,
+            backend=self.backend,
+            block_mask=block_mask,
+        )
+        return self.wo(out.reshape(B, L, -1))  # (B, L, H*D) -> (B, L, d_model)
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        nn.init.normal_(self.w1.weight, std=std)
+        nn.init.normal_(self.w3.weight, std=std)
+        nn.init.normal_(self.w2.weight, std=out_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer block: the unit of FSDP sharding and activation checkpointing."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        self.attention_norm.reset_parameters()
+        self.mlp_norm.reset_parameters()
+        self.attention.init_weights(std, out_std)
+        self.mlp.init_weights(std, out_std)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        block_mask: object = None,
+    ) -> torch.Tensor:
+        h = self.attention_norm(x)
+        x = x + self.attention(
+            h,
+            cos,
+            sin,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            position_ids=position_ids,
+            block_mask=block_mask,
+        )
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+        # Derived from the config, so not saved in checkpoints; recomputed by init_weights.
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter and buffer in place, on whatever device they are (also
+        after ``to_empty``): weights ~ N(0, init_std), the output projections of attention and
+        MLP ~ N(0, init_std / sqrt(2 * n_layers)) (GPT-2, OLMo), norm weights 1."""
+        cfg = self.cfg
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
+        if not cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for layer in self.layers:
+            layer.init_weights(cfg.init_std, out_std)
+        self.norm.reset_parameters()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, L, vocab_size)`` of ``input_ids`` ``(B, L)``, and the loss when
+        ``labels`` are given (see ``loss``).
+
+        ``position_ids`` ``(B, L)``: positions restarting at every document (default
+        ``0..L-1`` in every row). ``cu_seqlens``/``max_seqlen``: the document boundaries of the
+        flattened batch (see ``raylm.model.attention``); without them documents are read from
+        ``position_ids``, and without those each row is one document. A batch of
+        ``raylm.data.loader`` is passed as ``model(**batch)`` minus its ``seq_id``."""
+        B, L = input_ids.shape
+        if L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds max_seq_len={self.cfg.max_seq_len}")
+        positions = (
+            position_ids if position_ids is not None else torch.arange(L, device=input_ids.device)[None]
+        )
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, L, D/2)
+        block_mask = None
+        if self.cfg.attention == "flex":  # one BlockMask for all layers
+            block_mask = flex_block_mask(
+                B=B,
+                L=L,
+                causal=self.cfg.causal,
+                device=input_ids.device,
+                cu_seqlens=cu_seqlens,
+                position_ids=position_ids,
+            )
+        h = self.tok_embeddings(input_ids)  # (B, L, d_model)
+        for layer in self.layers:
+            h = layer(
+                h,
+                cos,
+                sin,
+                cu_seqlens=cu_seqlens,
+                max_seqlen=max_seqlen,
+                position_ids=position_ids,
+                block_mask=block_mask,
+            )
+        logits = self.lm_head(self.norm(h))  # (B, L, vocab_size)
+        if labels is None:
+            return logits
+        return logits, self.loss(logits, labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy (fp32) over the tokens whose label is not -100, plus the z-loss;
+        ``labels`` are already shifted (``labels[:, t]`` is the token after ``t``). A batch
+        without any label gives 0, not NaN."""
+        logits = logits.float().flatten(0, 1)  # (B*L, V)
+        labels = labels.flatten()  # (B*L,)
+        valid = labels != IGNORE_INDEX
+        count = valid.sum().clamp(min=1)
+        loss = (
+            F.cross_entropy(
+                logits,
+                labels,
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+                label_smoothing=self.cfg.label_smoothing,
+            )
+            / count
+        )
+        if self.cfg.z_loss:
+            z = torch.logsumexp(logits, dim=-1).square()
+            loss = loss + self.cfg.z_loss * (z * valid).sum() / count
+        return loss
