@@ -1,4 +1,4 @@
-"""The ``raylm`` command line: ``raylm curate``, ``raylm tokenizer train``, ``raylm prepare``, ``raylm demo``.
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``schedules``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -56,6 +56,38 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.train.config import load_train_config
+    from raylm.train.trainer import fit, read_metrics, run_dir
+
+    cfg = load_train_config(args.config, args.set)
+    if not Path(cfg.data.path).exists() and "://" not in cfg.data.path:
+        raise InputError(f"data.path: {cfg.data.path}: no such folder")
+    ensure_ray(RayConfig(num_cpus=args.num_cpus))
+    result = fit(cfg)
+    folder = run_dir(cfg)
+    rows = read_metrics(folder) if folder else []
+    for row in rows:
+        print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+              f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    if folder:
+        print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")
+    return 0 if result.error is None else 1
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from raylm.optim.schedules import ScheduleConfig, plot_schedules
+
+    cfgs = {name: ScheduleConfig(name=name, warmup_steps=args.warmup, total_steps=args.steps,
+                                 **({"d_model": 512} if name == "noam" else {}))
+            for name in ("cosine", "wsd", "linear", "inverse_sqrt", "noam")}
+    plot_schedules(cfgs, args.lr, args.steps, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -91,6 +123,19 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing shards")
     r.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
     r.set_defaults(func=_prepare)
+
+    tr = sub.add_parser("train", help="train a model on packed token shards with Ray Train")
+    tr.add_argument("-c", "--config", help="YAML TrainConfig (model, data, optim, scale, checkpoint, ...)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
+    tr.set_defaults(func=_train)
+
+    sc = sub.add_parser("schedules", help="plot the learning-rate schedules to a PNG")
+    sc.add_argument("-o", "--output", default="schedules.png")
+    sc.add_argument("--steps", type=int, default=10_000)
+    sc.add_argument("--warmup", type=int, default=500)
+    sc.add_argument("--lr", type=float, default=3e-4)
+    sc.set_defaults(func=_schedules)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")

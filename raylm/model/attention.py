@@ -14,10 +14,10 @@ Backends (all give the same result up to rounding; ``tests/model`` checks it):
   only the blocks inside documents. CUDA and fp16/bf16 only; flash-attn is optional
   (``pip install raylm[gpu]``) and imported on first use.
 - ``"flex"``: FlexAttention (Dong et al. 2024) with a ``BlockMask`` from per-token document
-  ids: block-sparse fused kernels on GPU under ``torch.compile``. Called eagerly (on CPU
-  always, with torch 2.13) torch runs it through an unfused implementation that materialises
-  the scores: correct but slow; build the ``BlockMask`` once per batch (``flex_block_mask``)
-  and pass it to every layer.
+  ids: block-sparse fused kernels on GPU under ``torch.compile``. Called eagerly, torch runs
+  an unfused implementation that materialises the scores (correct, slow). On CPU (torch 2.13)
+  it runs forward only: backward raises ``NotImplementedError``, so train on CPU with "sdpa".
+  Build the ``BlockMask`` once per batch (``flex_block_mask``) and pass it to every layer.
 - ``"sdpa"``: ``F.scaled_dot_product_attention`` with a dense boolean ``(B, 1, L, L)`` mask
   (same document, and causal). When every row is one document (``cu_seqlens`` has ``B + 1``
   entries, or no boundaries are given) it passes ``is_causal=True`` and no mask, which lets

@@ -155,9 +155,9 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_embeddings.weight
+        # Tied: the output projection reads tok_embeddings.weight in forward. Not a shared
+        # Parameter, which to_empty() or load_state_dict(assign=True) would silently untie.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # Derived from the config, so not saved in checkpoints; recomputed by init_weights.
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -174,7 +174,7 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
         nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
-        if not cfg.tie_embeddings:
+        if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         for layer in self.layers:
@@ -226,7 +226,8 @@ class Transformer(nn.Module):
                 position_ids=position_ids,
                 block_mask=block_mask,
             )
-        logits = self.lm_head(self.norm(h))  # (B, L, vocab_size)
+        out_weight = self.tok_embeddings.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(self.norm(h), out_weight)  # (B, L, vocab_size)
         if labels is None:
             return logits
         return logits, self.loss(logits, labels)

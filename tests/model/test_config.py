@@ -69,8 +69,10 @@ def test_ffn_default_is_rounded_swiglu_width():
 
 
 def _count(model: torch.nn.Module, include_embedding: bool = True) -> int:
-    skip = set() if include_embedding else {id(model.tok_embeddings.weight), id(model.lm_head.weight)}
-    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    params = dict(model.named_parameters())
+    if not include_embedding:
+        params = {k: p for k, p in params.items() if k not in ("tok_embeddings.weight", "lm_head.weight")}
+    return sum(p.numel() for p in params.values())
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,13 @@ DOC_LENS = [[7, 9, 16], [32], [20, 12]]  # B=3, L=32
 
 
 def small(**overrides) -> ModelConfig:
-    return model_config("debug", vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2, **overrides)
+    return model_config("debug", **{"vocab_size": VOCAB, "d_model": 32, "n_kv_heads": 2, **overrides})
 
 
-def model_args(batch: dict) -> dict:
-    return {k: batch[k] for k in ("position_ids", "cu_seqlens", "max_seqlen")}
+def logits_of(model: Transformer, batch: dict, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits of ``batch``'s layout, with its tokens or ``input_ids``."""
+    tokens = batch["input_ids"] if input_ids is None else input_ids
+    return model(tokens, **{k: batch[k] for k in ("position_ids", "cu_seqlens", "max_seqlen")})
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["causal", "encoder"])
@@ -56,11 +58,11 @@ def test_backends_give_the_same_logits_and_loss(causal):
 @torch.no_grad()
 def test_documents_are_isolated(causal_model):
     batch = packed_batch(DOC_LENS, VOCAB)
-    logits = causal_model(**batch)
-    (doc1, doc2, doc3), _, _ = doc_slices(DOC_LENS)
+    logits = logits_of(causal_model, batch)
+    doc1, doc2, doc3 = doc_slices(DOC_LENS)[0]
     changed = batch["input_ids"].clone()
     changed[0, doc1] = (changed[0, doc1] + 1) % VOCAB
-    new = causal_model(changed, **model_args(batch))
+    new = logits_of(causal_model, batch, changed)
     torch.testing.assert_close(new[0, doc2], logits[0, doc2], atol=1e-6, rtol=0)
     torch.testing.assert_close(new[0, doc3], logits[0, doc3], atol=1e-6, rtol=0)
     torch.testing.assert_close(new[1:], logits[1:], atol=1e-6, rtol=0)
@@ -71,11 +73,11 @@ def test_documents_are_isolated(causal_model):
 def test_causality(causal_model):
     """A decoder's logits never depend on later tokens; an encoder's do (within the document)."""
     batch = packed_batch(DOC_LENS, VOCAB)
-    logits = causal_model(**batch)
+    logits = logits_of(causal_model, batch)
     t = 10  # inside row 2's first document (tokens 0..19)
     changed = batch["input_ids"].clone()
     changed[2, t] = (changed[2, t] + 1) % VOCAB
-    new = causal_model(changed, **model_args(batch))
+    new = logits_of(causal_model, batch, changed)
     earlier_same = torch.allclose(new[2, :t], logits[2, :t], atol=1e-6, rtol=0)
     assert earlier_same == causal_model.cfg.causal
     assert not torch.allclose(new[2, t:20], logits[2, t:20], atol=1e-3)
@@ -91,16 +93,31 @@ def test_packed_document_equals_document_alone(causal_model):
     packed = batch_for(torch.cat([doc1, doc2])[None], [[a, b]])
     alone = batch_for(torch.cat([doc2, doc1])[None], [[b, a]])
     torch.testing.assert_close(
-        causal_model(**packed)[0, a:], causal_model(**alone)[0, :b], atol=1e-5, rtol=1e-5
+        logits_of(causal_model, packed)[0, a:], logits_of(causal_model, alone)[0, :b], atol=1e-5, rtol=1e-5
     )
 
 
 @torch.no_grad()
 def test_position_ids_alone_define_documents(causal_model):
     batch = packed_batch(DOC_LENS, VOCAB)
-    with_cu = causal_model(**batch)
+    with_cu = logits_of(causal_model, batch)
     with_positions = causal_model(batch["input_ids"], position_ids=batch["position_ids"])
     torch.testing.assert_close(with_positions, with_cu, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+def test_rotary_embedding_is_relative(causal):
+    """position_ids reach the rotary embedding: shifting them all changes nothing (RoPE sees only
+    distances, which is also why a packed document needs no position restart beyond the mask),
+    stretching them changes the logits. A larger init makes attention depend on position."""
+    torch.manual_seed(0)
+    model = Transformer(small(init_std=0.2, causal=causal, attention="eager"))
+    tokens = packed_batch([[32]], VOCAB)["input_ids"]
+    positions = torch.arange(32)[None]
+    logits = model(tokens, position_ids=positions)
+    torch.testing.assert_close(model(tokens, position_ids=positions + 50), logits, atol=1e-4, rtol=1e-4)
+    assert (model(tokens, position_ids=2 * positions) - logits).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
@@ -123,13 +140,14 @@ def test_meta_build_then_init(tie):
     assert model.rope_cos.is_meta
     model.to_empty(device="cpu")
     model.init_weights()
-    assert (model.lm_head.weight is model.tok_embeddings.weight) == tie
+    assert (model.lm_head is None) == tie
 
     def std(t: torch.Tensor) -> float:
         return t.std().item()
 
     assert std(model.tok_embeddings.weight) == pytest.approx(0.02, rel=0.05)
-    assert std(model.lm_head.weight) == pytest.approx(0.02, rel=0.05)
+    if not tie:
+        assert std(model.lm_head.weight) == pytest.approx(0.02, rel=0.05)
     out_std = 0.02 / math.sqrt(2 * 4)
     for layer in model.layers:
         assert std(layer.attention.wq.weight) == pytest.approx(0.02, rel=0.05)

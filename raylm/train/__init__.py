@@ -1,0 +1,1 @@
+"""Training: the Ray Train loop, parallelism, checkpoints and metrics."""

@@ -1,0 +1,76 @@
+"""Training checkpoints: everything an exact resume needs, in one Ray Train checkpoint folder.
+
+* ``model.pt`` and ``optim.pt``: full (unsharded) state dicts gathered to rank 0 through
+  ``torch.distributed.checkpoint.state_dict`` (the same call serves DDP, FSDP2 and one
+  process) and written by rank 0; on restore every rank reads them and
+  ``set_*_state_dict`` shards them again as the model is parallelised now.
+* ``state.json`` (rank 0): step, data position, spike-guard state, the config's fingerprint.
+* ``rng-rank{r}.pt`` (every rank): the torch, numpy and Python RNG states of that rank.
+
+Every rank writes its files into its own temporary folder and passes it to
+``ray.train.report(checkpoint=...)``; Ray Train gathers the ranks' files into one checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MODEL, OPTIM, STATE = "model.pt", "optim.pt", "state.json"
+
+
+def _options(**kw: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], rank: int) -> None:
+    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    os.makedirs(folder, exist_ok=True)
+    if rank == 0:
+        torch.save(model_sd, os.path.join(folder, MODEL))
+        torch.save(optim_sd, os.path.join(folder, OPTIM))
+        with open(os.path.join(folder, STATE), "w") as f:
+            json.dump(state, f, indent=2)
+    torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
+
+
+def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True)
+    optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True)
+    set_model_state_dict(model, model_sd, options=_options())
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=_options())
+    rng = os.path.join(folder, f"rng-rank{rank}.pt")
+    if os.path.exists(rng):  # absent when the world size changed: keep this run's seeding
+        set_rng_state(torch.load(rng, weights_only=False))
+    with open(os.path.join(folder, STATE)) as f:
+        return json.load(f)

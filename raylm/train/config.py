@@ -1,0 +1,155 @@
+"""The training run's typed config: YAML + ``--set`` -> ``TrainConfig`` on the driver, then
+``to_dict`` as ``train_loop_config`` and ``from_dict`` again on every worker.
+
+``model`` may name a size (``model.flavor: debug``): the flavor's fields are the base and the
+other ``model.*`` keys override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from raylm.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from raylm.model import FLAVORS, ModelConfig
+from raylm.optim.optimizers import OptimConfig
+from raylm.train.stability import SpikeGuardConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class DataConfig:
+    path: str = ""
+    """Packed token shards: a ``raylm prepare`` source folder (or any Parquet folder with
+    ``seq_id``, ``tokens``, ``cu_seqlens``)."""
+    seed: int = 0
+    """Seed of the data order (``raylm.data.loader``)."""
+    window: int = 4096
+    """Shuffle window in sequences."""
+    prefetch: int = 2
+    """Windows read ahead by each worker's background thread."""
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path: the token-shard folder to train on is required")
+        if self.window < 1 or self.prefetch < 0:
+            raise ConfigError(f"data.window ({self.window}) must be >= 1 and data.prefetch ({self.prefetch}) >= 0")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CheckpointConfig:
+    every: int = 100
+    """Checkpoint every this many optimizer steps (and at the end); 0: only at the end."""
+    keep: int = 3
+    """Checkpoints kept (Ray's ``CheckpointConfig.num_to_keep``)."""
+    score: str | None = None
+    """Keep the best ``keep`` by this reported metric (e.g. ``loss``) instead of the latest."""
+    score_order: Literal["min", "max"] = "min"
+
+    def validate(self) -> None:
+        if self.every < 0 or self.keep < 1:
+            raise ConfigError(f"checkpoint.every ({self.every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
+
+
+@dataclasses.dataclass(kw_only=True)
+class ScaleConfig:
+    num_workers: int = 2
+    """Ray Train workers (one per GPU on GPU nodes)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    """Logical CPUs each worker holds; fractions leave room for Ray Data on small nodes."""
+    resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Extra custom resources per worker (e.g. ``{gpu_pool: 1}`` to land on a node pool)."""
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """Data parallelism: DDP (replicated) or FSDP2 (``fully_shard`` per block + the root)."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """auto: bf16 on GPUs that have it, else fp16 with loss scaling on GPU, fp32 on CPU."""
+    activation_checkpointing: bool = False
+    """Recompute every block's activations in the backward pass."""
+
+    def validate(self) -> None:
+        if self.num_workers < 1 or self.cpus_per_worker <= 0:
+            raise ConfigError(f"scale.num_workers ({self.num_workers}) must be >= 1 and "
+                              f"scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    name: str = "raylm-train"
+    """Run name: Ray Train's ``RunConfig(name=...)``; a rerun with the same name resumes."""
+    storage_path: str = "runs"
+    """Where checkpoints and TensorBoard logs go (local path or URI)."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    spike_guard: SpikeGuardConfig = dataclasses.field(default_factory=SpikeGuardConfig)
+    steps: int = 100
+    """Optimizer steps of the whole run."""
+    micro_batch_size: int = 4
+    """Sequences per worker per forward/backward."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * num_workers."""
+    clip_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
+    z_loss: float = 0.0
+    """Weight of the z-loss ``log(Z)**2`` (PaLM) on the output logits."""
+    label_smoothing: float = 0.0
+    seed: int = 0
+    """Seed of the model initialisation and every rank's RNG."""
+    log_every: int = 10
+    """Report metrics (Ray and TensorBoard) every this many steps."""
+    tensorboard: bool = True
+    max_failures: int = 0
+    """Restarts from the latest checkpoint after a worker dies (``FailureConfig``)."""
+    peak_tflops: float | None = None
+    """Device peak for MFU (None: looked up from the GPU name; CPU has no MFU)."""
+    fail_at_step: int | None = None
+    """Testing: raise in rank 1 (rank 0 with one worker) at this step, once per run directory."""
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
+            raise ConfigError("steps, micro_batch_size, grad_accum and log_every must be >= 1")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"clip_grad_norm: {self.clip_grad_norm} must be > 0 (or null for no clipping)")
+        if self.z_loss < 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"z_loss ({self.z_loss}) must be >= 0 and label_smoothing ({self.label_smoothing}) in [0, 1)")
+        if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
+            raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
+                              "use adamw or lion with scale.strategy fsdp2, or ddp")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.scale.num_workers
+
+
+def _expand_flavor(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    model = data.get("model")
+    if not isinstance(model, dict) or "flavor" not in model:
+        return data
+    model = dict(model)
+    flavor = model.pop("flavor")
+    if flavor not in FLAVORS:
+        raise ConfigError(f"{origin}: model.flavor: {flavor!r} is not one of {sorted(FLAVORS)}")
+    base = FLAVORS[flavor]
+    base = to_dict(base) if dataclasses.is_dataclass(base) else dict(base)
+    return {**data, "model": merge(base, model)}
+
+
+def train_config(data: dict[str, Any], origin: str = "config") -> TrainConfig:
+    """A validated TrainConfig from a nested dict (flavors expanded); errors name ``origin``."""
+    try:
+        return from_dict(TrainConfig, _expand_flavor(data, origin))
+    except ConfigError as exc:
+        raise ConfigError(exc.args[0] if str(exc).startswith(origin) else f"{origin}: {exc}") from None
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + ``--set`` overrides -> validated TrainConfig."""
+    data = load_yaml(path) if path else {}
+    origin = str(path) if path else "--set"
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+        origin = f"{path} (with --set)" if path else "--set"
+    return train_config(data, origin)

@@ -1,0 +1,235 @@
+"""The Ray Train worker function: build, parallelise, restore, then step until ``steps``.
+
+One optimizer step = ``grad_accum`` micro-batches of ``micro_batch_size`` packed sequences per
+worker. The loss is the mean over every predicted token of the *global* batch: each rank sums
+its token losses, the number of target tokens is all-reduced first, and each rank backpropagates
+``sum * world / n_tokens`` (DDP and FSDP2 average gradients over ranks), so a 2-worker run
+follows the 1-worker run with the same global batch, whatever the tokens per rank.
+
+After the backward pass the spike guard (``raylm.train.stability``) sees the loss and the
+gradient norm: a spike skips the optimizer step (the data still advance, so the batch is not
+seen again), and too many spikes roll the weights and optimizer back to the last checkpoint
+while the data continue after the offending batches (PaLM, Chowdhery et al. 2022, sec. 5.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from raylm.data.loader import IGNORE_INDEX, DataPosition, TrainBatches
+from raylm.model import Transformer
+from raylm.optim.optimizers import apply_lr, build_optimizer
+from raylm.optim.schedules import lr_multiplier
+from raylm.train import checkpoint
+from raylm.train.config import TrainConfig, train_config
+from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
+from raylm.train.parallel import autocast, parallelize, resolve_precision
+from raylm.train.stability import SpikeGuard
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed next-token cross-entropy over the targets that are not ``-100`` (+ z-loss)."""
+    flat = logits.float().reshape(-1, logits.shape[-1])  # (B*L, V)
+    target = labels.reshape(-1)
+    loss = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum",
+                           label_smoothing=label_smoothing)
+    if z_loss:
+        keep = target != IGNORE_INDEX
+        loss = loss + z_loss * torch.logsumexp(flat[keep], dim=-1).pow(2).sum()
+    return loss
+
+
+def _all_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def _no_sync(model: torch.nn.Module, strategy: str, last: bool):
+    """Skip the gradient reduction on all but the last micro-batch of a step."""
+    if last or not dist.is_initialized():
+        return contextlib.nullcontext()
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    if strategy == "fsdp2":
+        model.set_requires_gradient_sync(False)
+
+        @contextlib.contextmanager
+        def resync():
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+        return resync()
+    return contextlib.nullcontext()
+
+
+def _grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+class _LocalCheckpoints:
+    """This rank's latest checkpoint folder stays on local disk (for rollbacks); older go."""
+
+    def __init__(self, name: str, rank: int) -> None:
+        self.root = os.path.join(tempfile.gettempdir(), "raylm-ckpt", f"{name}-{os.getpid()}", f"rank{rank}")
+        self.latest: str | None = None
+
+    def new(self, step: int) -> str:
+        return os.path.join(self.root, f"step-{step:08d}")
+
+    def keep(self, folder: str) -> None:
+        if self.latest and self.latest != folder:
+            shutil.rmtree(self.latest, ignore_errors=True)
+        self.latest = folder
+
+
+def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int, run_dir: str | None) -> None:
+    """Testing aid: kill this worker process once per run directory at ``fail_at_step``."""
+    if cfg.fail_at_step != step or rank != (1 if world > 1 else 0) or run_dir is None:
+        return
+    marker = os.path.join(run_dir, f".failed-at-{step}")
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(str(time.time()))
+    os._exit(1)  # a hard kill, as a preempted node gives
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # one bar per shuffle window is noise
+    DataContext.get_current().print_on_execution_start = False
+    cfg = train_config(config["train"], "train_loop_config")
+    run_dir: str | None = config.get("run_dir")  # local storage only: metrics.jsonl, tensorboard/
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = resolve_precision(cfg.scale.precision, device)
+    if precision == "fp16" and cfg.scale.strategy == "fsdp2":
+        raise ValueError("scale.precision fp16 needs loss scaling, which raylm supports with ddp only; use bf16")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.init_weights()
+    random.seed(cfg.seed * 1000 + rank)
+    np.random.seed(cfg.seed * 1000 + rank)
+    torch.manual_seed(cfg.seed * 1000 + rank)  # per-rank streams from here on
+    model = parallelize(model, cfg.scale.strategy, precision, device, cfg.scale.activation_checkpointing)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    guard = SpikeGuard(cfg.spike_guard)
+    schedule = cfg.optim.schedule
+    if schedule.total_steps is None:
+        schedule.total_steps = cfg.steps
+
+    step, position = 0, None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            state = checkpoint.load(folder, model, optimizer, rank)
+        step, position = state["step"], DataPosition.from_dict(state["data"])
+        guard.load_state_dict(state["spike_guard"])
+
+    local = _LocalCheckpoints(cfg.name, rank)
+    tb = TensorBoard(os.path.join(run_dir, "tensorboard") if run_dir and rank == 0 else None)
+    log_path = os.path.join(run_dir, "metrics.jsonl") if run_dir and rank == 0 else None
+    peak = peak_tflops(device, cfg.peak_tflops)
+    flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
+    tokens_window, t_window = 0, time.perf_counter()
+
+    def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        folder = local.new(step)
+        state = {"step": step, "data": loader.position.state_dict(), "spike_guard": guard.state_dict()}
+        checkpoint.save(folder, model, optimizer, state, rank)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        local.keep(folder)
+
+    loader = TrainBatches(cfg.data.path, cfg.micro_batch_size, rank, world, position, seed=cfg.data.seed,
+                          prefetch=cfg.data.prefetch, window=cfg.data.window)
+    seq_len: int | None = None
+    try:
+        while step < cfg.steps:
+            micro = [next(loader) for _ in range(cfg.grad_accum)]
+            seq_len = micro[0]["input_ids"].shape[1]
+            n_tokens = _all_sum(torch.tensor(float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)),
+                                             device=device))
+            loss_sum = torch.zeros((), device=device)
+            for i, b in enumerate(micro):
+                with _no_sync(model, cfg.scale.strategy, last=i == len(micro) - 1), \
+                        autocast(cfg.scale.strategy, precision, device):
+                    logits = model(b["input_ids"].to(device), position_ids=b["position_ids"].to(device),
+                                   cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"])
+                    part = lm_loss_sum(logits, b["labels"].to(device), cfg.z_loss, cfg.label_smoothing)
+                    scaler.scale(part * world / n_tokens).backward()
+                loss_sum += part.detach()
+            loss = float(_all_sum(loss_sum) / n_tokens)
+            scaler.unscale_(optimizer)
+            grad_norm = _grad_norm(model, cfg.clip_grad_norm)
+            multiplier = lr_multiplier(schedule, step)  # the schedule counts updates from 0
+            step += 1
+            _maybe_fail(cfg, step, rank, world, run_dir)
+            action = guard.check(step, loss, grad_norm)
+            lr = cfg.optim.lr * multiplier
+            if action == "ok":
+                apply_lr(optimizer, cfg.optim.lr, multiplier)
+                scaler.step(optimizer)
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if action == "rollback" and local.latest is not None:
+                with torch.no_grad():
+                    state = checkpoint.load(local.latest, model, optimizer, rank)
+                step = state["step"]  # the weights go back; the data go on past the spike
+            tokens_window += cfg.global_batch_size * seq_len
+            last = step >= cfg.steps
+            ckpt_now = last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+            if step % cfg.log_every == 0 or last or ckpt_now:
+                dt = time.perf_counter() - t_window
+                tps = tokens_window / dt
+                metrics = {
+                    "step": step, "loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+                    "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
+                    "tokens_per_s_per_device": tps / world, "spike": action != "ok",
+                    "peak_memory_gb": peak_memory_gb(device), "data_wait_s": loader.data_wait_s,
+                    "tokens_seen": (loader.position.epoch * loader.position.steps_per_epoch
+                                    + loader.position.consumed // loader.position.global_batch_size)
+                    * loader.position.global_batch_size * seq_len,
+                }
+                util = mfu(tps / world, flops_per_token, peak)
+                if util is not None:
+                    metrics["mfu"] = util
+                if rank == 0:
+                    tb.log(step, {k: v for k, v in metrics.items() if k != "step"})
+                    if log_path:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(metrics) + "\n")
+                save_and_report(metrics, bool(ckpt_now))
+                tokens_window, t_window = 0, time.perf_counter()
+    finally:
+        loader.close()
+        tb.close()

@@ -1,0 +1,68 @@
+"""Throughput, MFU and memory figures, and the TensorBoard writer of rank 0.
+
+MFU (model FLOPs utilisation, PaLM appendix B): achieved model FLOPs per second over the
+device's peak, with ``ModelConfig.flops_per_token`` (6N + attention) as the model FLOPs of a
+token; recomputation from activation checkpointing does not count.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+import torch
+
+# dense bf16 peak TFLOP/s (no sparsity) by device-name fragment
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+               "V100": 125.0, "T4": 65.0}
+
+
+def peak_tflops(device: torch.device, configured: float | None = None) -> float | None:
+    """Per-device peak for MFU: the configured value, else looked up from the GPU name."""
+    if configured is not None:
+        return configured
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def mfu(tokens_per_s_per_device: float, flops_per_token: float, peak: float | None) -> float | None:
+    if not peak:
+        return None
+    return tokens_per_s_per_device * flops_per_token / (peak * 1e12)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class TensorBoard:
+    """Scalars to ``<folder>``; a no-op where ``folder`` is None (ranks other than 0)."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.writer = None
+        if folder:
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(folder, exist_ok=True)
+            self.writer = SummaryWriter(folder)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and value is not None:
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
