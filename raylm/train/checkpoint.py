@@ -61,16 +61,24 @@ def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state:
     torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
 
 
-def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``."""
+def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
+         from_rank0: bool = False) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``.
+
+    ``from_rank0``: only rank 0 has the files (a rank's local copy of its own checkpoint, for a
+    rollback); rank 0 reads them and broadcasts, the other ranks get ``{}`` back."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True)
-    optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True)
-    set_model_state_dict(model, model_sd, options=_options())
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=_options())
+    has_files = rank == 0 or not from_rank0
+    model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True) if has_files else {}
+    optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True) if has_files else {}
+    options = _options(broadcast_from_rank0=True) if from_rank0 else _options()
+    set_model_state_dict(model, model_sd, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
     rng = os.path.join(folder, f"rng-rank{rank}.pt")
     if os.path.exists(rng):  # absent when the world size changed: keep this run's seeding
         set_rng_state(torch.load(rng, weights_only=False))
+    if not has_files:
+        return {}
     with open(os.path.join(folder, STATE)) as f:
         return json.load(f)

@@ -159,6 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     peak = peak_tflops(device, cfg.peak_tflops)
     flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
     tokens_window, t_window = 0, time.perf_counter()
+    rollbacks = 0
 
     def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
         if not with_checkpoint:
@@ -202,9 +203,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if action == "rollback" and local.latest is not None:
+                # the weights and optimizer go back; the data and the step count go on past
+                # the spike (as PaLM did), so a run that keeps spiking still ends
                 with torch.no_grad():
-                    state = checkpoint.load(local.latest, model, optimizer, rank)
-                step = state["step"]  # the weights go back; the data go on past the spike
+                    checkpoint.load(local.latest, model, optimizer, rank, from_rank0=True)
+                rollbacks += 1
             tokens_window += cfg.global_batch_size * seq_len
             last = step >= cfg.steps
             ckpt_now = last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
@@ -214,7 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics = {
                     "step": step, "loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
                     "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
-                    "tokens_per_s_per_device": tps / world, "spike": action != "ok",
+                    "tokens_per_s_per_device": tps / world, "spike": action != "ok", "rollbacks": rollbacks,
                     "peak_memory_gb": peak_memory_gb(device), "data_wait_s": loader.data_wait_s,
                     "tokens_seen": (loader.position.epoch * loader.position.steps_per_epoch
                                     + loader.position.consumed // loader.position.global_batch_size)

@@ -134,3 +134,18 @@ def test_bad_train_config_is_one_clear_error(tmp_path, capsys):
     assert main(["train", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "t.yaml" in err and "steps" in err and "Traceback" not in err
+
+
+def test_spike_guard_skips_and_rolls_back_in_a_real_run(ray_session, shards, tmp_path):
+    """A gradient-norm limit no step can meet makes every step a spike: the optimizer never
+    steps (the loss does not fall), and every third spike rolls back to the last checkpoint;
+    the run still ends after ``steps``."""
+    d = config(shards, tmp_path, "spiky", 2, **{"spike_guard.max_grad_norm": 1e-9, "spike_guard.max_spikes": 3,
+                                                  "checkpoint.every": 2})
+    result = fit(train_config(d))
+    assert result.error is None
+    rows = read_metrics(run_dir(train_config(d)))
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(r["spike"] for r in rows)
+    assert rows[-1]["rollbacks"] >= 1
+    assert min(r["loss"] for r in rows) > rows[0]["loss"] - 0.05  # no update was applied
