@@ -232,25 +232,19 @@ class Transformer(nn.Module):
             return logits
         return logits, self.loss(logits, labels)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy (fp32) over the tokens whose label is not -100, plus the z-loss;
-        ``labels`` are already shifted (``labels[:, t]`` is the token after ``t``). A batch
-        without any label gives 0, not NaN."""
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy (fp32) over the tokens whose label is not -100, plus the
+        z-loss; ``labels`` are already shifted (``labels[:, t]`` is the token after ``t``).
+        The trainer divides by the global batch's token count (``raylm.train.loop``)."""
         logits = logits.float().flatten(0, 1)  # (B*L, V)
         labels = labels.flatten()  # (B*L,)
-        valid = labels != IGNORE_INDEX
-        count = valid.sum().clamp(min=1)
-        loss = (
-            F.cross_entropy(
-                logits,
-                labels,
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-                label_smoothing=self.cfg.label_smoothing,
-            )
-            / count
-        )
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum",
+                               label_smoothing=self.cfg.label_smoothing)
         if self.cfg.z_loss:
             z = torch.logsumexp(logits, dim=-1).square()
-            loss = loss + self.cfg.z_loss * (z * valid).sum() / count
+            loss = loss + self.cfg.z_loss * (z * (labels != IGNORE_INDEX)).sum()
         return loss
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``loss_sum`` over the number of labelled tokens; a batch without any label gives 0, not NaN."""
+        return self.loss_sum(logits, labels) / (labels != IGNORE_INDEX).sum().clamp(min=1)

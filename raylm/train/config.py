@@ -93,9 +93,6 @@ class TrainConfig:
     """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * num_workers."""
     clip_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
-    z_loss: float = 0.0
-    """Weight of the z-loss ``log(Z)**2`` (PaLM) on the output logits."""
-    label_smoothing: float = 0.0
     seed: int = 0
     """Seed of the model initialisation and every rank's RNG."""
     log_every: int = 10
@@ -113,8 +110,6 @@ class TrainConfig:
             raise ConfigError("steps, micro_batch_size, grad_accum and log_every must be >= 1")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"clip_grad_norm: {self.clip_grad_norm} must be > 0 (or null for no clipping)")
-        if self.z_loss < 0 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"z_loss ({self.z_loss}) must be >= 0 and label_smoothing ({self.label_smoothing}) in [0, 1)")
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from raylm.data.loader import IGNORE_INDEX, DataPosition, TrainBatches
 from raylm.model import Transformer
@@ -35,21 +34,8 @@ from raylm.optim.schedules import lr_multiplier
 from raylm.train import checkpoint
 from raylm.train.config import TrainConfig, train_config
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
-from raylm.train.parallel import autocast, parallelize, resolve_precision
+from raylm.train.parallel import autocast, parallelize, resolve_precision, unwrap
 from raylm.train.stability import SpikeGuard
-
-
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0,
-                label_smoothing: float = 0.0) -> torch.Tensor:
-    """Summed next-token cross-entropy over the targets that are not ``-100`` (+ z-loss)."""
-    flat = logits.float().reshape(-1, logits.shape[-1])  # (B*L, V)
-    target = labels.reshape(-1)
-    loss = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum",
-                           label_smoothing=label_smoothing)
-    if z_loss:
-        keep = target != IGNORE_INDEX
-        loss = loss + z_loss * torch.logsumexp(flat[keep], dim=-1).pow(2).sum()
-    return loss
 
 
 def _all_sum(x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         autocast(cfg.scale.strategy, precision, device):
                     logits = model(b["input_ids"].to(device), position_ids=b["position_ids"].to(device),
                                    cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"])
-                    part = lm_loss_sum(logits, b["labels"].to(device), cfg.z_loss, cfg.label_smoothing)
+                    part = unwrap(model).loss_sum(logits, b["labels"].to(device))
                     scaler.scale(part * world / n_tokens).backward()
                 loss_sum += part.detach()
             loss = float(_all_sum(loss_sum) / n_tokens)
