@@ -191,19 +191,19 @@ class IdMap:
 
 def _manifest_units(path: str) -> IdMap | None:
     """The IdMap of a token-shard folder from its manifest (None: no manifest or no units)."""
-    import json
+    import pyarrow.fs as pafs
+
+    from raylm.data.shards import MANIFEST, UNIT_SHIFT, read_manifest
 
     fs, root = _open(path)
-    try:
-        with fs.open_input_stream(root.rstrip("/") + "/manifest.json") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-    except (FileNotFoundError, OSError):
+    if fs.get_file_info(f"{root.rstrip('/')}/{MANIFEST}").type != pafs.FileType.File:
         return None
+    manifest = read_manifest(path)
     if "units" not in manifest:
         return None
     units = np.array([u for u, _ in manifest["units"]], np.int64)
     counts = np.array([c for _, c in manifest["units"]], np.int64)
-    return IdMap(units, counts, int(manifest.get("unit_shift", 32)))
+    return IdMap(units, counts, int(manifest.get("unit_shift", UNIT_SHIFT)))
 
 
 _COLUMNS = ["seq_id", "tokens", "cu_seqlens"]
