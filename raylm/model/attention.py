@@ -23,7 +23,10 @@ Backends (all give the same result up to rounding; ``tests/model`` checks it):
   entries, or no boundaries are given) it passes ``is_causal=True`` and no mask, which lets
   PyTorch pick its flash / memory-efficient kernels.
 - ``"eager"``: matmul + softmax, the reference the others are tested against.
-- ``"auto"``: ``"flash"`` for fp16/bf16 CUDA tensors when flash-attn imports, else ``"sdpa"``.
+- ``"auto"``: ``"flash"`` for fp16/bf16 CUDA tensors when flash-attn imports; else ``"flex"``
+  when the caller passes a ``block_mask`` (the Transformer builds one for packed rows on CUDA
+  when its blocks are compiled, ``scale.compile``: fused block-sparse kernels); else
+  ``"sdpa"`` (whose ``is_causal`` path is PyTorch's flash kernel for one document per row).
 """
 
 from __future__ import annotations
@@ -50,13 +53,20 @@ def _flash_varlen() -> Any:
     return flash_attn_varlen_func
 
 
-def resolve_backend(backend: AttentionBackend, q: torch.Tensor) -> AttentionBackend:
-    """The concrete backend ``attention(..., backend=backend)`` uses for ``q``."""
+def flash_available() -> bool:
+    """Whether flash-attn's varlen kernel imports here."""
+    return _flash_varlen() is not None
+
+
+def resolve_backend(backend: AttentionBackend, q: torch.Tensor, block_mask: Any = None) -> AttentionBackend:
+    """The concrete backend ``attention(..., backend=backend, block_mask=block_mask)`` uses for ``q``."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {list(BACKENDS)}")
     if backend == "auto":
         half = q.dtype in (torch.float16, torch.bfloat16)
-        return "flash" if q.is_cuda and half and _flash_varlen() is not None else "sdpa"
+        if q.is_cuda and half and _flash_varlen() is not None:
+            return "flash"
+        return "flex" if block_mask is not None else "sdpa"
     if backend == "flash" and _flash_varlen() is None:
         raise ImportError("attention backend 'flash' needs the flash-attn package (pip install 'raylm[gpu]')")
     return backend
@@ -80,6 +90,13 @@ def _row_documents(
     if position_ids is not None:
         return (position_ids == 0).cumsum(1)
     return None
+
+
+def packs_documents(cu_seqlens: torch.Tensor | None, position_ids: torch.Tensor | None, B: int) -> bool:
+    """Whether a row may hold more than one document (known from shapes, no device sync)."""
+    if cu_seqlens is not None:
+        return cu_seqlens.numel() != B + 1
+    return position_ids is not None
 
 
 def _dense_mask(docs: torch.Tensor | None, causal: bool, L: int, device: torch.device) -> torch.Tensor | None:
@@ -153,7 +170,7 @@ def attention(
     Hkv = k.shape[2]
     if H % Hkv:
         raise ValueError(f"{Hkv} key/value heads do not divide {H} query heads")
-    backend = resolve_backend(backend, q)
+    backend = resolve_backend(backend, q, block_mask)
 
     if backend == "flash":
         if cu_seqlens is None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylm.model.attention import attention, flex_block_mask
+from raylm.model.attention import attention, flash_available, flex_block_mask, packs_documents
 from raylm.model.config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -206,7 +206,7 @@ class Transformer(nn.Module):
         )
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, L, D/2)
         block_mask = None
-        if self.cfg.attention == "flex":  # one BlockMask for all layers
+        if self._uses_flex(input_ids, cu_seqlens, position_ids):  # one BlockMask for all layers
             block_mask = flex_block_mask(
                 B=B,
                 L=L,
@@ -231,6 +231,17 @@ class Transformer(nn.Module):
         if labels is None:
             return logits
         return logits, self.loss(logits, labels)
+
+    def _uses_flex(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None,
+                   position_ids: torch.Tensor | None) -> bool:
+        """Whether the blocks run FlexAttention: asked for, or "auto" for packed rows on CUDA
+        without flash-attn when the blocks are compiled (``nn.Module.compile``), where flex's
+        fused block-sparse kernels beat SDPA with a dense mask (see ``resolve_backend``)."""
+        if self.cfg.attention != "auto":
+            return self.cfg.attention == "flex"
+        compiled = getattr(self.layers[0], "_compiled_call_impl", None) is not None
+        return (input_ids.is_cuda and compiled and not flash_available()
+                and packs_documents(cu_seqlens, position_ids, input_ids.shape[0]))
 
     def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy (fp32) over the tokens whose label is not -100, plus the

@@ -66,6 +66,10 @@ class ScaleConfig:
     """auto: bf16 on GPUs that have it, else fp16 with loss scaling on GPU, fp32 on CPU."""
     activation_checkpointing: bool = False
     """Recompute every block's activations in the backward pass."""
+    compile: bool = False
+    """``torch.compile`` the blocks and the loss (``raylm.train.parallel.apply_compile``):
+    faster steps on GPU after a compile of a minute or so; off by default because on CPU the
+    compile costs more than it saves on a short run."""
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker <= 0:

@@ -123,7 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     random.seed(cfg.seed * 1000 + rank)
     np.random.seed(cfg.seed * 1000 + rank)
     torch.manual_seed(cfg.seed * 1000 + rank)  # per-rank streams from here on
-    model = parallelize(model, cfg.scale.strategy, precision, device, cfg.scale.activation_checkpointing)
+    model = parallelize(model, cfg.scale.strategy, precision, device, cfg.scale.activation_checkpointing,
+                        cfg.scale.compile)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     guard = SpikeGuard(cfg.spike_guard)
@@ -144,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log_path = os.path.join(run_dir, "metrics.jsonl") if run_dir and rank == 0 else None
     peak = peak_tflops(device, cfg.peak_tflops)
     flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
-    tokens_window, t_window = 0, time.perf_counter()
+    tokens_window, t_window, wait_window = 0, time.perf_counter(), 0.0
     rollbacks = 0
 
     def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
@@ -205,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps,
                     "tokens_per_s_per_device": tps / world, "spike": action != "ok", "rollbacks": rollbacks,
                     "peak_memory_gb": peak_memory_gb(device), "data_wait_s": loader.data_wait_s,
+                    "data_wait_frac": (loader.data_wait_s - wait_window) / dt,
                     "tokens_seen": (loader.position.epoch * loader.position.steps_per_epoch
                                     + loader.position.consumed // loader.position.global_batch_size)
                     * loader.position.global_batch_size * seq_len,
@@ -218,7 +220,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         with open(log_path, "a") as f:
                             f.write(json.dumps(metrics) + "\n")
                 save_and_report(metrics, bool(ckpt_now))
-                tokens_window, t_window = 0, time.perf_counter()
+                tokens_window, t_window, wait_window = 0, time.perf_counter(), loader.data_wait_s
     finally:
         loader.close()
         tb.close()

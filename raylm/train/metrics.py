@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-# dense bf16 peak TFLOP/s (no sparsity) by device-name fragment
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+# dense bf16 peak TFLOP/s (no sparsity) by device-name fragment, the first match wins
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
                "V100": 125.0, "T4": 65.0}
 
 

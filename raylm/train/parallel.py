@@ -36,11 +36,24 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
+def apply_compile(model: nn.Module) -> None:
+    """``torch.compile`` every block in place (``nn.Module.compile``: parameter names and
+    checkpoints are unchanged) and the loss, torchtitan style: the blocks share one compiled
+    graph, and the fp32 cast of the logits fuses into the cross-entropy. On CUDA without
+    flash-attn the "auto" attention becomes FlexAttention (``raylm.model.attention``)."""
+    for block in model.layers:
+        block.compile()
+    model.loss_sum = torch.compile(model.loss_sum)
+
+
 def parallelize(model: nn.Module, strategy: str, precision: str, device: torch.device,
-                activation_checkpointing: bool = False) -> nn.Module:
-    """Checkpointing, then DDP or FSDP2 (bf16/fp16 parameters in compute, fp32 reductions)."""
+                activation_checkpointing: bool = False, compile: bool = False) -> nn.Module:
+    """Checkpointing, compilation, then DDP or FSDP2 (bf16/fp16 parameters in compute, fp32
+    reductions)."""
     if activation_checkpointing:
         apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
     if not dist.is_initialized() or (strategy == "ddp" and dist.get_world_size() == 1):
         return model
     if strategy == "ddp":
