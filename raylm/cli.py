@@ -62,8 +62,10 @@ def _train(args: argparse.Namespace) -> int:
     from raylm.train.trainer import fit, read_metrics, run_dir
 
     cfg = load_train_config(args.config, args.set)
-    if not Path(cfg.data.path).exists() and "://" not in cfg.data.path:
-        raise InputError(f"data.path: {cfg.data.path}: no such folder")
+    for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else
+                      [(f"data.sources.{k}", v) for k, v in cfg.data.sources.items()]):
+        if not Path(path).exists() and "://" not in path:
+            raise InputError(f"{key}: {path}: no such folder")
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
     result = fit(cfg)
     folder = run_dir(cfg)

@@ -35,6 +35,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own error is the clearest
+            return coerce(value, real[0], where)
         errors = []
         for arg in args:
             if arg is type(None):

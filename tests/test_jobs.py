@@ -24,7 +24,7 @@ def test_train_config_loads(path):
     from raylm.train.config import load_train_config
 
     cfg = load_train_config(path)
-    assert cfg.model.n_layers >= 1 and cfg.global_batch_size >= 1 and cfg.data.path
+    assert cfg.model.n_layers >= 1 and cfg.global_batch_size >= 1 and (cfg.data.path or cfg.data.sources)
 
 
 def test_job_entrypoint_reports_bad_input(capsys, tmp_path):

@@ -85,6 +85,11 @@ class DataPosition:
     def steps_per_epoch(self) -> int:
         return self.num_sequences // self.global_batch_size
 
+    @property
+    def sequences_seen(self) -> int:
+        """Sequences consumed since the start of training, all workers together."""
+        return self.epoch * self.steps_per_epoch * self.global_batch_size + self.consumed
+
     def advance(self) -> DataPosition:
         """The position after one more global batch (rolling over to the next epoch)."""
         consumed = self.consumed + self.global_batch_size
@@ -122,6 +127,15 @@ class DataPosition:
                     f"cannot resume the data position exactly: it was saved with {name}={saved} "
                     f"({what}) but this run has {name}={now}; exact resume needs the same {name}"
                 )
+
+
+def position_from_dict(d: dict[str, Any]) -> Any:
+    """A saved data position: ``DataPosition``, or ``MixPosition`` for a mixed run."""
+    if d.get("kind") == "mix":
+        from raylm.data.mixed_loader import MixPosition
+
+        return MixPosition.from_dict(d)
+    return DataPosition.from_dict(d)
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -335,6 +349,54 @@ class _Source:
         return ray.data.read_datasource(_range_datasource(groups, lo, hi), override_num_blocks=tasks)
 
 
+def read_rows(source: _Source, id_map: IdMap, lo: int, hi: int, ids: np.ndarray, read_batch_size: int = 256,
+              stop: threading.Event | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows of indices ``ids`` (all in ``[lo, hi)``) of ``source`` in that order: tokens ``(n, L)`` and
+    cu_seqlens (``_Stopped`` when ``stop`` is set meanwhile)."""
+    slot = np.full(hi - lo, -1, np.int64)
+    slot[ids - lo] = np.arange(len(ids))
+    tokens: np.ndarray | None = None
+    cu: list[np.ndarray | None] = [None] * len(ids)
+    found = 0
+    ds = source.window(*id_map.seq_id_range(lo, hi))
+    batches = [] if ds is None else ds.iter_batches(
+        batch_size=read_batch_size, batch_format="pyarrow", prefetch_batches=2)
+    for t in batches:
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        sid = t.column("seq_id").to_numpy()
+        idx = id_map.to_index(sid)
+        if np.any((idx < lo) | (idx >= hi)):
+            raise ValueError(f"seq_ids {sid[(idx < lo) | (idx >= hi)][:5].tolist()} are not in the data's id map")
+        k = slot[idx - lo]
+        keep = np.flatnonzero(k >= 0)
+        if not len(keep):
+            continue
+        tok_col = t.column("tokens").combine_chunks()
+        flat = tok_col.flatten().to_numpy()
+        offsets = tok_col.offsets.to_numpy()
+        seq_len = offsets[1] - offsets[0]
+        if np.any(np.diff(offsets) != seq_len):
+            raise ValueError(f"tokens of seq_ids {lo}..{hi - 1} are not all {seq_len} long")
+        rows = flat.reshape(-1, seq_len)
+        if tokens is None:
+            tokens = np.empty((len(ids), seq_len), np.int32)
+        elif tokens.shape[1] != seq_len:
+            raise ValueError(f"tokens are {tokens.shape[1]} and {seq_len} long")
+        tokens[k[keep]] = rows[keep]
+        cu_list = t.column("cu_seqlens").to_pylist()
+        for j in keep:
+            if cu[k[j]] is not None:
+                raise ValueError(f"seq_id {int(sid[j])} appears twice in the dataset")
+            cu[k[j]] = np.asarray(cu_list[j], np.int64)
+        found += len(keep)
+    if found != len(ids):
+        missing = [int(i) for i, c in zip(id_map.to_seq_id(ids), cu) if c is None][:5]
+        raise ValueError(f"seq_ids {missing} are missing from the data: without a token-shard "
+                         "manifest, seq_id must be dense 0..N-1")
+    return tokens, cu  # type: ignore[return-value]
+
+
 class TrainBatches:
     """This worker's batches of the global order, from ``position`` on (see the module docstring).
 
@@ -453,49 +515,7 @@ class TrainBatches:
             epoch, start = epoch + 1, 0
 
     def _read(self, lo: int, hi: int, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Rows of indices ``ids`` (all in ``[lo, hi)``) in that order: tokens ``(n, L)`` and cu_seqlens."""
-        slot = np.full(hi - lo, -1, np.int64)
-        slot[ids - lo] = np.arange(len(ids))
-        tokens: np.ndarray | None = None
-        cu: list[np.ndarray | None] = [None] * len(ids)
-        found = 0
-        ds = self._source.window(*self.ids.seq_id_range(lo, hi))
-        batches = [] if ds is None else ds.iter_batches(
-            batch_size=self.read_batch_size, batch_format="pyarrow", prefetch_batches=2)
-        for t in batches:
-            if self._stop.is_set():
-                raise _Stopped
-            sid = t.column("seq_id").to_numpy()
-            idx = self.ids.to_index(sid)
-            if np.any((idx < lo) | (idx >= hi)):
-                raise ValueError(f"seq_ids {sid[(idx < lo) | (idx >= hi)][:5].tolist()} are not in the data's id map")
-            k = slot[idx - lo]
-            keep = np.flatnonzero(k >= 0)
-            if not len(keep):
-                continue
-            tok_col = t.column("tokens").combine_chunks()
-            flat = tok_col.flatten().to_numpy()
-            offsets = tok_col.offsets.to_numpy()
-            seq_len = offsets[1] - offsets[0]
-            if np.any(np.diff(offsets) != seq_len):
-                raise ValueError(f"tokens of seq_ids {lo}..{hi - 1} are not all {seq_len} long")
-            rows = flat.reshape(-1, seq_len)
-            if tokens is None:
-                tokens = np.empty((len(ids), seq_len), np.int32)
-            elif tokens.shape[1] != seq_len:
-                raise ValueError(f"tokens are {tokens.shape[1]} and {seq_len} long")
-            tokens[k[keep]] = rows[keep]
-            cu_list = t.column("cu_seqlens").to_pylist()
-            for j in keep:
-                if cu[k[j]] is not None:
-                    raise ValueError(f"seq_id {int(sid[j])} appears twice in the dataset")
-                cu[k[j]] = np.asarray(cu_list[j], np.int64)
-            found += len(keep)
-        if found != len(ids):
-            missing = [int(i) for i, c in zip(self.ids.to_seq_id(ids), cu) if c is None][:5]
-            raise ValueError(f"seq_ids {missing} are missing from the data: without a token-shard "
-                             "manifest, seq_id must be dense 0..N-1")
-        return tokens, cu  # type: ignore[return-value]
+        return read_rows(self._source, self.ids, lo, hi, ids, self.read_batch_size, self._stop)
 
     def _put(self, out: queue.Queue, item: Any) -> bool:
         """Queue ``item`` unless stopped first; False when stopped."""
@@ -588,4 +608,34 @@ def make_batch(seq_ids: np.ndarray, tokens: np.ndarray, cu_seqlens: list[np.ndar
         "position_ids": torch.from_numpy(position_ids),
         "cu_seqlens": torch.from_numpy(flat_cu.astype(np.int32)),
         "max_seqlen": int(np.diff(flat_cu).max()),
+    }
+
+
+def split_rows(batch: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """``batch`` with every row of ``L`` tokens cut into ``L // seq_len`` rows of ``seq_len``
+    (a length curriculum at a constant number of tokens per step). Each cut is a new segment
+    boundary: its position ids restart and the token before it gets no label, as at a document
+    boundary, so attention and loss never reach across it."""
+    import torch
+
+    B, L = batch["input_ids"].shape
+    if seq_len == L:
+        return batch
+    if seq_len > L or L % seq_len:
+        raise ValueError(f"seq_len {seq_len} of the length schedule must divide the stored seq_len {L}")
+    cu = batch["cu_seqlens"].long()
+    cuts = torch.arange(0, B * L + 1, seq_len, dtype=torch.long)
+    flat_cu = torch.unique(torch.cat([cu, cuts]))
+    t = torch.arange(B * L)
+    seg = torch.searchsorted(flat_cu, t, right=True) - 1
+    labels = batch["labels"].reshape(-1).clone()
+    labels[flat_cu[1:] - 1] = IGNORE_INDEX
+    n = B * L // seq_len
+    return {
+        **batch,
+        "input_ids": batch["input_ids"].reshape(n, seq_len),
+        "labels": labels.reshape(n, seq_len),
+        "position_ids": (t - flat_cu[seg]).reshape(n, seq_len),
+        "cu_seqlens": flat_cu.to(torch.int32),
+        "max_seqlen": int(torch.diff(flat_cu).max()),
     }

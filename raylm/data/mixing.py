@@ -124,6 +124,8 @@ class Mixer:
         self._credit = [0.0] * len(self.sources)
         self._position = [0] * len(self.sources)
         self._epoch = [0] * len(self.sources)
+        self.last_epoch = 0
+        """The epoch of the source chosen by the latest ``next()``."""
 
     def _normalise(self, weights: Mapping[str, float]) -> list[float]:
         total = float(sum(weights.values()))
@@ -155,6 +157,7 @@ class Mixer:
                 f"(max_epochs={self.cfg.max_epochs:g}) at step {self.step}; lower its weight or add data"
             )
         index = self._position[best]
+        self.last_epoch = self._epoch[best]
         if index == 0 and self._epoch[best] == 1:
             warnings.warn(
                 f"source {name!r} ({size} sequences) starts its epoch 2 at step {self.step}: it is up-sampled",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raylm.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from raylm.data.mixing import LengthSchedule, MixConfig
 from raylm.model import FLAVORS, ModelConfig
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
@@ -21,19 +22,42 @@ from raylm.train.stability import SpikeGuardConfig
 class DataConfig:
     path: str = ""
     """Packed token shards: a ``raylm prepare`` source folder (or any Parquet folder with
-    ``seq_id``, ``tokens``, ``cu_seqlens``)."""
+    ``seq_id``, ``tokens``, ``cu_seqlens``). Or give ``sources`` and ``mix`` instead."""
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Several token-shard folders by name (``{web: PATH, code: PATH}``), mixed by ``mix``."""
+    mix: MixConfig | None = None
+    """Target weights of ``sources`` (``raylm.data.mixing.MixConfig``); its ``schedule`` steps
+    are optimizer steps here. Every window of ``mix.window`` sequences is within 1% of them."""
+    seq_len_schedule: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    """Length curriculum: ``[[step, seq_len], ...]`` from step 0; each stored row is cut into
+    rows of ``seq_len`` (which must divide the stored length), same tokens per step."""
     seed: int = 0
     """Seed of the data order (``raylm.data.loader``)."""
     window: int = 4096
     """Shuffle window in sequences."""
     prefetch: int = 2
-    """Windows read ahead by each worker's background thread."""
+    """Windows read ahead by each worker's background thread (per source)."""
 
     def validate(self) -> None:
-        if not self.path:
-            raise ConfigError("data.path: the token-shard folder to train on is required")
+        if bool(self.path) == bool(self.sources):
+            raise ConfigError("data: give either data.path (one token-shard folder) or data.sources "
+                              "(several, with data.mix)")
+        if self.sources and self.mix is None:
+            raise ConfigError("data.mix: the weights of data.sources are required")
+        if self.mix is not None:
+            if not self.sources:
+                raise ConfigError("data.mix: needs data.sources")
+            missing = sorted(set(self.mix.sources) - set(self.sources))
+            if missing:
+                raise ConfigError(f"data.mix: sources {missing} are not in data.sources {sorted(self.sources)}")
+        if self.seq_len_schedule:
+            LengthSchedule([tuple(p) for p in self.seq_len_schedule])
         if self.window < 1 or self.prefetch < 0:
             raise ConfigError(f"data.window ({self.window}) must be >= 1 and data.prefetch ({self.prefetch}) >= 0")
+
+    def mix_in_sequences(self, global_batch_size: int) -> MixConfig:
+        """``mix`` with its schedule steps (optimizer steps) turned into sequences."""
+        return dataclasses.replace(self.mix, schedule=[(step * global_batch_size, w) for step, w in self.mix.schedule])
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raylm.data.loader import IGNORE_INDEX, DataPosition, TrainBatches
+from raylm.data.loader import IGNORE_INDEX, TrainBatches, position_from_dict, split_rows
+from raylm.data.mixed_loader import MixedBatches
+from raylm.data.mixing import LengthSchedule
 from raylm.model import Transformer
 from raylm.optim.optimizers import apply_lr, build_optimizer
 from raylm.optim.schedules import lr_multiplier
@@ -137,7 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as folder:
             state = checkpoint.load(folder, model, optimizer, rank)
-        step, position = state["step"], DataPosition.from_dict(state["data"])
+        step, position = state["step"], position_from_dict(state["data"])
         guard.load_state_dict(state["spike_guard"])
 
     local = _LocalCheckpoints(cfg.name, rank)
@@ -158,13 +160,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
 
-    loader = TrainBatches(cfg.data.path, cfg.micro_batch_size, rank, world, position, seed=cfg.data.seed,
-                          prefetch=cfg.data.prefetch, window=cfg.data.window)
+    loader = _loader(cfg, rank, world, position)
+    lengths = LengthSchedule([tuple(p) for p in cfg.data.seq_len_schedule]) if cfg.data.seq_len_schedule else None
+    mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
     seq_len: int | None = None
     try:
         while step < cfg.steps:
             micro = [next(loader) for _ in range(cfg.grad_accum)]
-            seq_len = micro[0]["input_ids"].shape[1]
+            seq_len = micro[0]["input_ids"].shape[1]  # stored length: tokens per step are B * it
+            if lengths is not None:
+                micro = [split_rows(b, lengths.seq_len_at(step)) for b in micro]
             n_tokens = _all_sum(torch.tensor(float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)),
                                              device=device))
             loss_sum = torch.zeros((), device=device)
@@ -207,10 +212,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "tokens_per_s_per_device": tps / world, "spike": action != "ok", "rollbacks": rollbacks,
                     "peak_memory_gb": peak_memory_gb(device), "data_wait_s": loader.data_wait_s,
                     "data_wait_frac": (loader.data_wait_s - wait_window) / dt,
-                    "tokens_seen": (loader.position.epoch * loader.position.steps_per_epoch
-                                    + loader.position.consumed // loader.position.global_batch_size)
-                    * loader.position.global_batch_size * seq_len,
+                    "tokens_seen": loader.position.sequences_seen * seq_len,
                 }
+                if lengths is not None:
+                    metrics["seq_len"] = micro[0]["input_ids"].shape[1]
+                if mix_window:  # the realised share of every source in this log window
+                    counts = {k: v - mix_window[k] for k, v in loader.counts.items()}
+                    total = max(1, sum(counts.values()))
+                    metrics.update({f"mix/{k}": v / total for k, v in counts.items()})
+                    mix_window = dict(loader.counts)
                 util = mfu(tps / world, flops_per_token, peak)
                 if util is not None:
                     metrics["mfu"] = util
@@ -224,3 +234,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         loader.close()
         tb.close()
+
+
+def _loader(cfg: TrainConfig, rank: int, world: int, position: Any) -> TrainBatches | MixedBatches:
+    """The worker's batches: one source in the loader's order, or several mixed."""
+    d = cfg.data
+    if d.sources:
+        return MixedBatches(d.sources, d.mix_in_sequences(cfg.global_batch_size), cfg.micro_batch_size, rank, world,
+                            position, seed=d.seed, prefetch=d.prefetch, window=d.window)
+    return TrainBatches(d.path, cfg.micro_batch_size, rank, world, position, seed=d.seed,
+                        prefetch=d.prefetch, window=d.window)
