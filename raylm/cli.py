@@ -1,4 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``schedules``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``tune``,
+``mup coord-check``, ``schedules``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -62,6 +63,15 @@ def _train(args: argparse.Namespace) -> int:
     from raylm.train.trainer import fit, read_metrics, run_dir
 
     cfg = load_train_config(args.config, args.set)
+    if args.from_sweep:
+        from raylm.tune.sweep import transfer
+
+        if not Path(args.from_sweep).exists():
+            raise InputError(f"--from-sweep: {args.from_sweep}: no such file")
+        cfg = transfer(args.from_sweep, cfg)
+        print(f"from {args.from_sweep}: d_model {cfg.model.d_model} (base {cfg.model.base_width}), "
+              f"{cfg.model.parametrization}, lr {cfg.optim.lr:g}, init_std {cfg.model.init_std:g}, "
+              f"output_mult {cfg.model.output_mult:g}")
     for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else
                       [(f"data.sources.{k}", v) for k, v in cfg.data.sources.items()]):
         if not Path(path).exists() and "://" not in path:
@@ -77,6 +87,37 @@ def _train(args: argparse.Namespace) -> int:
     if folder:
         print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")
     return 0 if result.error is None else 1
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.tune.sweep import load_sweep, run_sweep
+
+    sweep, base = load_sweep(args.config, args.set)
+    ensure_ray(RayConfig(num_cpus=args.num_cpus))
+    best = run_sweep(sweep, base)
+    print(json.dumps(best, indent=2))
+    print(f"results: {Path(sweep.storage_path) / sweep.name}/results.csv, best.json")
+    return 0
+
+
+def _coord_check(args: argparse.Namespace) -> int:
+    from raylm.model.config import ModelConfig
+    from raylm.tune.coord_check import run, text_batches
+
+    if not Path(args.text).exists():
+        raise InputError(f"--text: {args.text}: no such file")
+    base = ModelConfig(vocab_size=256, n_layers=args.layers, n_heads=args.heads, max_seq_len=args.seq_len,
+                       attention="sdpa")
+    batches = text_batches(args.text, args.steps, args.batch, args.seq_len)
+    result = run(base, args.widths, batches, args.output, lr=args.lr)
+    for p, g in result["growth_across_widths"].items():
+        print(f"{p:>4}: largest/smallest mean |activation| across widths: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    print(f"wrote {args.output}/coord_check.json, coord_check.png")
+    return 0
 
 
 def _schedules(args: argparse.Namespace) -> int:
@@ -130,7 +171,28 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("-c", "--config", help="YAML TrainConfig (model, data, optim, scale, checkpoint, ...)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     tr.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
+    tr.add_argument("--from-sweep", metavar="BEST_JSON", help="apply a sweep's best values (μP: at a new width)")
     tr.set_defaults(func=_train)
+
+    tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA) over train runs, e.g. μP at a small width")
+    tu.add_argument("-c", "--config", required=True, help="sweep YAML (tune/*.yaml)")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key")
+    tu.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
+    tu.set_defaults(func=_tune)
+
+    mu = sub.add_parser("mup", help="μP tools")
+    musub = mu.add_subparsers(dest="mup_cmd", required=True)
+    cc = musub.add_parser("coord-check", help="activation size against width under SP and μP (plot + table)")
+    cc.add_argument("-o", "--output", default="out/coord_check")
+    cc.add_argument("--text", default=str(SAMPLE / "corpus.jsonl.gz"), help="text to train on (bytes as tokens)")
+    cc.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    cc.add_argument("--steps", type=int, default=5)
+    cc.add_argument("--lr", type=float, default=1e-2)
+    cc.add_argument("--layers", type=int, default=2)
+    cc.add_argument("--heads", type=int, default=4)
+    cc.add_argument("--batch", type=int, default=8)
+    cc.add_argument("--seq-len", type=int, default=64)
+    cc.set_defaults(func=_coord_check)
 
     sc = sub.add_parser("schedules", help="plot the learning-rate schedules to a PNG")
     sc.add_argument("-o", "--output", default="schedules.png")

@@ -157,6 +157,7 @@ def attention(
     causal: bool = True,
     backend: AttentionBackend = "auto",
     block_mask: Any = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Softmax attention of ``q`` ``(B, L, H, D)`` over ``k``, ``v`` ``(B, L, Hkv, D)`` within
     each document; returns ``(B, L, H, D)``.
@@ -165,7 +166,8 @@ def attention(
     ``h // (H // Hkv)``). ``max_seqlen``: the longest segment, for flash-attn's launch grid
     (default ``L``, always a valid bound). ``causal=False``: each token sees its whole
     document. ``block_mask``: a ``flex_block_mask`` of this batch, reused by the flex backend
-    instead of building one per call."""
+    instead of building one per call. ``scale``: of the scores before the softmax (None:
+    ``1/sqrt(D)``; μP uses ``~1/D``)."""
     B, L, H, D = q.shape
     Hkv = k.shape[2]
     if H % Hkv:
@@ -184,6 +186,7 @@ def attention(
             cu_seqlens,
             max_seqlen,
             max_seqlen,
+            softmax_scale=scale,
             causal=causal,
         )
         return out.view(B, L, H, D)
@@ -196,22 +199,22 @@ def attention(
             block_mask = flex_block_mask(
                 B=B, L=L, causal=causal, device=q.device, cu_seqlens=cu_seqlens, position_ids=position_ids
             )
-        out = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=Hkv != H)
+        out = flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=Hkv != H)
         return out.transpose(1, 2)  # (B, L, H, D)
 
     docs = _row_documents(cu_seqlens, position_ids, B, L)
     if backend == "sdpa":
         if docs is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hkv != H)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=Hkv != H)
         else:
             mask = _dense_mask(docs, causal, L, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=Hkv != H)
         return out.transpose(1, 2)  # (B, L, H, D)
 
     # eager
     k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, L, D)
     v = v.repeat_interleave(H // Hkv, dim=1)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, L, L)
+    scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(D) if scale is None else scale)  # (B, H, L, L)
     mask = _dense_mask(docs, causal, L, q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

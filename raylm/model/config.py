@@ -59,10 +59,36 @@ class ModelConfig:
     keeps the softmax normaliser near 1; 1e-4 is typical, 0 disables it."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy, in [0, 1)."""
+    parametrization: Literal["sp", "mup"] = "sp"
+    """"sp": standard parametrisation. "mup": maximal-update parametrisation (Yang et al.
+    2022, ``raylm.model.mup``), so hyperparameters tuned at ``base_width`` transfer to wider
+    models unchanged."""
+    base_width: int | None = None
+    """μP: the width (``d_model``) the hyperparameters were tuned at; None: ``d_model``."""
+    input_mult: float = 1.0
+    """Multiplier of the token embeddings' output (a tunable μP hyperparameter; 1 in SP)."""
+    output_mult: float = 1.0
+    """Multiplier of the logits; under μP it is further scaled by ``base_width / d_model``."""
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def width_mult(self) -> float:
+        """``d_model / base_width`` under μP; 1 under SP."""
+        if self.parametrization != "mup" or self.base_width is None:
+            return 1.0
+        return self.d_model / self.base_width
+
+    @property
+    def attn_scale(self) -> float | None:
+        """Softmax scale of the attention scores: None (the kernels' ``1/sqrt(head_dim)``) under
+        SP; under μP ``sqrt(base_head_dim) / head_dim``, i.e. ``1/head_dim`` up to the constant
+        that makes it equal SP at the base width (``base_head_dim = head_dim / width_mult``)."""
+        if self.parametrization != "mup":
+            return None
+        return (self.head_dim / self.width_mult) ** 0.5 / self.head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -98,6 +124,13 @@ class ModelConfig:
             raise ConfigError(
                 f"attention: {self.attention!r} is not one of {list(get_args(AttentionBackend))}"
             )
+        if self.parametrization not in ("sp", "mup"):
+            raise ConfigError(f"parametrization: {self.parametrization!r} is not one of ['sp', 'mup']")
+        if self.base_width is not None and self.base_width < 1:
+            raise ConfigError(f"base_width: {self.base_width} must be at least 1")
+        for name in ("input_mult", "output_mult"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be positive")
         if self.z_loss < 0:
             raise ConfigError(f"z_loss: {self.z_loss} must not be negative")
         if not 0 <= self.label_smoothing < 1:

@@ -48,7 +48,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.causal, self.backend = cfg.causal, cfg.attention
+        self.causal, self.backend, self.scale = cfg.causal, cfg.attention, cfg.attn_scale
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
@@ -85,6 +85,7 @@ class Attention(nn.Module):
             causal=self.causal,
             backend=self.backend,
             block_mask=block_mask,
+            scale=self.scale,
         )
         return self.wo(out.reshape(B, L, -1))  # (B, L, H*D) -> (B, L, d_model)
 
@@ -176,9 +177,11 @@ class Transformer(nn.Module):
         nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
         if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        # μP: hidden matrices' variance ~ 1/fan_in relative to the base width (raylm.model.mup)
+        hidden_std = cfg.init_std / math.sqrt(cfg.width_mult)
+        out_std = hidden_std / math.sqrt(2 * cfg.n_layers)
         for layer in self.layers:
-            layer.init_weights(cfg.init_std, out_std)
+            layer.init_weights(hidden_std, out_std)
         self.norm.reset_parameters()
 
     def forward(
@@ -216,6 +219,8 @@ class Transformer(nn.Module):
                 position_ids=position_ids,
             )
         h = self.tok_embeddings(input_ids)  # (B, L, d_model)
+        if self.cfg.input_mult != 1.0:
+            h = h * self.cfg.input_mult
         for layer in self.layers:
             h = layer(
                 h,
@@ -228,6 +233,9 @@ class Transformer(nn.Module):
             )
         out_weight = self.tok_embeddings.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(self.norm(h), out_weight)  # (B, L, vocab_size)
+        logit_mult = self.cfg.output_mult / self.cfg.width_mult  # μP: 1/width readout
+        if logit_mult != 1.0:
+            logits = logits * logit_mult
         if labels is None:
             return logits
         return logits, self.loss(logits, labels)

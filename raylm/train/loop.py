@@ -31,6 +31,7 @@ from raylm.data.loader import IGNORE_INDEX, TrainBatches, position_from_dict, sp
 from raylm.data.mixed_loader import MixedBatches
 from raylm.data.mixing import LengthSchedule
 from raylm.model import Transformer
+from raylm.model.mup import mup_lr_scale
 from raylm.optim.optimizers import apply_lr, build_optimizer
 from raylm.optim.schedules import lr_multiplier
 from raylm.train import checkpoint
@@ -127,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank)  # per-rank streams from here on
     model = parallelize(model, cfg.scale.strategy, precision, device, cfg.scale.activation_checkpointing,
                         cfg.scale.compile)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, mup_lr_scale(cfg.model))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     guard = SpikeGuard(cfg.spike_guard)
     schedule = cfg.optim.schedule

@@ -25,8 +25,9 @@ def run_dir(cfg: TrainConfig) -> str | None:
     return os.path.join(os.path.abspath(root), cfg.name)
 
 
-def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None):
-    """Train; returns Ray's ``Result`` (``result.checkpoint`` is the latest checkpoint)."""
+def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list | None = None):
+    """Train; returns Ray's ``Result`` (``result.checkpoint`` is the latest checkpoint).
+    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a sweep trial."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -53,6 +54,7 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None):
                                                checkpoint_score_order=ckpt.score_order),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()
