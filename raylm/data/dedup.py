@@ -145,9 +145,10 @@ def shuffle_buckets(ds: "ray.data.Dataset", ctx: Any, step: str, emit: Callable[
     """``emit`` BUCKET_SCHEMA rows per batch, group them by shard across the cluster, run
     ``reduce`` on each shard, and gather its (small) output columns on the driver."""
     buckets = ds.map_batches(_report_and_bucket, batch_format="pyarrow", batch_size=ctx.batch_size,
-                             fn_kwargs={"fn": emit, "step": step, "stats": ctx.stats if report else None})
+                             fn_kwargs={"fn": emit, "step": step, "stats": ctx.stats if report else None},
+                             **ctx.remote_args)
     reduced = buckets.groupby("shard", num_partitions=ctx.num_shards).map_groups(
-        reduce, batch_format="pyarrow", fn_kwargs=reduce_kwargs)
+        reduce, batch_format="pyarrow", fn_kwargs=reduce_kwargs, **ctx.remote_args)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in reduced.iter_batches(batch_format="pyarrow", batch_size=None):
         for name in batch.column_names:
@@ -177,7 +178,8 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
     ids: dict[int, str] = {}
     if len(nodes):
         ref = ray.put(nodes)
-        for t in ds.map_batches(_select_ids, batch_format="pyarrow", fn_kwargs={"keys_ref": ref}).iter_batches(
+        for t in ds.map_batches(_select_ids, batch_format="pyarrow", fn_kwargs={"keys_ref": ref},
+                                  **ctx.remote_args).iter_batches(
                 batch_format="pyarrow", batch_size=None):
             ids.update(zip(t.column(S.KEY).to_pylist(), t.column(S.ID).to_pylist()))
     sel = nodes != root
@@ -196,7 +198,7 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
                             "clusters": int(len(cluster_of))})
     keys_ref = ray.put(np.sort(removed))
     return ds.map_batches(mark_keys, batch_format="pyarrow", batch_size=ctx.batch_size,
-                          fn_kwargs={"keys_ref": keys_ref, "step": step, "reason": reason})
+                          fn_kwargs={"keys_ref": keys_ref, "step": step, "reason": reason}, **ctx.remote_args)
 
 
 def _report_and_bucket(batch: pa.Table, fn: Callable[[pa.Table], pa.Table], step: str, stats: Any) -> pa.Table:

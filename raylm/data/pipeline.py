@@ -41,6 +41,15 @@ class RayConfig:
     """Cluster to join; None joins ``RAY_ADDRESS`` if set, else starts a local Ray."""
     num_cpus: int | None = None
     """Logical CPUs of a local Ray (None: all cores)."""
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Custom resources each data task and actor holds besides its CPU: ``{data_cpu: 1}``
+    keeps curation and tokenisation on the nodes that offer ``data_cpu`` (the CPU pool of
+    ``cluster.yaml``), off the GPU nodes."""
+
+    @property
+    def remote_args(self) -> dict[str, Any]:
+        """``ray_remote_args`` for every ``map_batches``/``map_groups`` of a data job."""
+        return {"resources": dict(self.resources)} if self.resources else {}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -91,8 +100,10 @@ class CurateConfig(R.ReadConfig):
 class RunContext:
     """What a dataset step needs from the run: sizes, the stats actor, output collectors."""
 
-    def __init__(self, batch_size: int, num_shards: int, stats: Any) -> None:
+    def __init__(self, batch_size: int, num_shards: int, stats: Any,
+                 remote_args: dict[str, Any] | None = None) -> None:
         self.batch_size, self.num_shards, self.stats = batch_size, num_shards, stats
+        self.remote_args = remote_args or {}
         self.duplicates: list[pa.Table] = []
         self.cluster_sizes: list[np.ndarray] = []
 
@@ -157,7 +168,8 @@ def build_dataset(cfg: CurateConfig, files: list[str], stats: Any, ctx: RunConte
     read_cfg = R.ReadConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(R.ReadConfig)})
     ds = ray.data.from_items([{"path": p, "index": i} for i, p in enumerate(files)],
                              override_num_blocks=max(1, len(files)))
-    ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": read_cfg})
+    remote = cfg.ray.remote_args
+    ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": read_cfg}, **remote)
     for name, step_cfg in cfg.parsed_steps():
         step = step_class(name)(step_cfg)
         if not isinstance(step, RowStep):
@@ -165,10 +177,10 @@ def build_dataset(cfg: CurateConfig, files: list[str], stats: Any, ctx: RunConte
         elif step.needs_actor:
             ds = ds.map_batches(StepActor, fn_constructor_args=(step, stats), batch_format="pyarrow",
                                 batch_size=cfg.batch_size,
-                                compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size))
+                                compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size), **remote)
         else:
             ds = ds.map_batches(run_in_task, fn_kwargs={"step": step, "stats": stats},
-                                batch_format="pyarrow", batch_size=cfg.batch_size)
+                                batch_format="pyarrow", batch_size=cfg.batch_size, **remote)
     return ds
 
 
@@ -187,7 +199,7 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     input_bytes = sum(_size(p) for p in files)
     stats = StatsActor.remote()
     num_shards = cfg.num_shards or 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ctx = RunContext(cfg.batch_size, num_shards, stats)
+    ctx = RunContext(cfg.batch_size, num_shards, stats, cfg.ray.remote_args)
     ds = build_dataset(cfg, files, stats, ctx)
     sink = CurateSink(out, cfg.write_rejected, cfg.rows_per_file)
     ds.write_datasink(sink)

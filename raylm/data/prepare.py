@@ -150,10 +150,10 @@ def build_source_dataset(cfg: PrepareConfig, files: list[str]):
     ds = ray.data.from_items([{"path": p, "unit": i} for i, p in enumerate(files)],
                              override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(_read_file, batch_size=1, batch_format="pyarrow",
-                        fn_kwargs={"text_field": cfg.text_field, "batch_rows": cfg.batch_size})
+                        fn_kwargs={"text_field": cfg.text_field, "batch_rows": cfg.batch_size}, **cfg.ray.remote_args)
     return ds.map_batches(TokenizeFIM, fn_constructor_args=(tok_cfg, cfg.fim), batch_format="pyarrow",
                           batch_size=cfg.batch_size,
-                          compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size))
+                          compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size), **cfg.ray.remote_args)
 
 
 def _partitions(num_files: int) -> int:
@@ -185,7 +185,7 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
         manifest = write_token_shards(
             ds, f"{out}/{name}", cfg.seq_len, source=name, tokenizer_hash=h, drop_tail=cfg.drop_tail,
             rows_per_shard=cfg.rows_per_shard, overwrite=overwrite, num_partitions=_partitions(len(paths)),
-            shuffle=cfg.shuffle,
+            shuffle=cfg.shuffle, remote_args=cfg.ray.remote_args,
             extra={"inputs": paths, "config": to_dict(cfg)})
         summary["sources"][name] = {
             k: manifest[k] for k in ("num_sequences", "num_tokens", "documents", "document_tokens",

@@ -189,6 +189,7 @@ def write_token_shards(
     overwrite: bool = False,
     num_partitions: int | None = None,
     shuffle: Literal["sort", "hash"] = "sort",
+    remote_args: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pack tokenised documents into ``seq_len`` sequences and write shards + manifest.
@@ -199,7 +200,8 @@ def write_token_shards(
     which is deterministic only if the unit's rows arrive in one block); or a list of ``pyarrow.Table`` with a ``tokens`` column (table ``i`` is
     unit ``i``, rows in table order). ``num_partitions`` sets the groupby shuffle's partitions
 (Ray Data's default when None; about the number of units, capped at a few per CPU, suits
-this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``). Documents should end in eos (the ``Tokenize`` step adds
+this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
+    ``remote_args`` go to the packing tasks (e.g. ``{"resources": {"data_cpu": 1}}``). Documents should end in eos (the ``Tokenize`` step adds
     it). ``extra`` is merged into the manifest. Returns the manifest."""
     import ray
 
@@ -227,7 +229,8 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``).
         with shuffle_strategy(shuffle):
             packed = ds.select_columns(keep).groupby(unit_column, num_partitions=num_partitions).map_groups(
                 _pack_unit, batch_format="pyarrow",
-                fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column})
+                fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column},
+                **(remote_args or {}))
             packed.write_datasink(sink)
     return _finish(out_dir, sink.results, cfg, source, tokenizer_hash, extra)
 

@@ -106,7 +106,11 @@ class TrainConfig:
     name: str = "raylm-train"
     """Run name: Ray Train's ``RunConfig(name=...)``; a rerun with the same name resumes."""
     storage_path: str = "runs"
-    """Where checkpoints and TensorBoard logs go (local path or URI)."""
+    """Where checkpoints, ``metrics.jsonl`` and TensorBoard logs go: a local folder (shared by
+    every node on a cluster) or an object store URI (``s3://bucket/runs``)."""
+    storage_endpoint: str | None = None
+    """An S3-compatible store's endpoint (``http://minio:9000``) for ``s3://`` paths, the
+    storage and ``data.path`` alike; None: AWS S3 (or ``AWS_ENDPOINT_URL`` if set)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -136,6 +140,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ConfigError("steps, micro_batch_size, grad_accum and log_every must be >= 1")
+        if self.storage_endpoint and not self.storage_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"storage_endpoint: {self.storage_endpoint!r} must be an http:// or https:// URL")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"clip_grad_norm: {self.clip_grad_norm} must be > 0 (or null for no clipping)")
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":

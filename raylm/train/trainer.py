@@ -2,8 +2,11 @@
 
 The config travels to the workers as a plain dict (``to_dict``) and is rebuilt and validated
 there. ``RunConfig(name, storage_path)`` is where checkpoints go; a rerun with the same name
-resumes from the latest one. With local storage, rank 0 also writes ``metrics.jsonl`` and
-``tensorboard/`` into the run folder.
+resumes from the latest one, and with ``max_failures`` a run whose worker dies (a preempted
+spot node) restarts its workers from the latest checkpoint by itself. With local storage,
+rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an object store
+(``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.storage.RunLog`` writes them
+there from the driver.
 """
 
 from __future__ import annotations
@@ -13,16 +16,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raylm import storage
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
 
 
 def run_dir(cfg: TrainConfig) -> str | None:
     """The run's local folder (None when storage is an object store URI)."""
-    if "://" in cfg.storage_path and not cfg.storage_path.startswith("file://"):
+    if storage.is_remote(cfg.storage_path):
         return None
     root = cfg.storage_path.removeprefix("file://")
     return os.path.join(os.path.abspath(root), cfg.name)
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What each Train worker asks Ray for: its CPUs, a GPU with ``use_gpu`` (so workers land
+    on GPU nodes only) and ``scale.resources_per_worker``."""
+    resources: dict[str, float] = {"CPU": cfg.scale.cpus_per_worker, **cfg.scale.resources_per_worker}
+    if cfg.scale.use_gpu:
+        resources["GPU"] = 1
+    return resources
 
 
 def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list | None = None):
@@ -37,36 +50,41 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     if folder:
         os.makedirs(folder, exist_ok=True)
         Path(folder, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    storage = os.path.abspath(cfg.storage_path) if folder else cfg.storage_path
-    resources: dict[str, Any] = {"CPU": cfg.scale.cpus_per_worker, **cfg.scale.resources_per_worker}
-    if cfg.scale.use_gpu:
-        resources["GPU"] = 1
+    env = {**storage.use_endpoint(cfg.storage_endpoint), **(env or {})}
+    fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
+    callbacks = list(callbacks or [])
+    if not folder:
+        callbacks.append(storage.RunLog(fs, path, cfg.name))
     ckpt = cfg.checkpoint
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": to_dict(cfg), "run_dir": folder},
         torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=path, storage_filesystem=fs if folder is None else None,
             checkpoint_config=CheckpointConfig(num_to_keep=ckpt.keep, checkpoint_score_attribute=ckpt.score,
                                                checkpoint_score_order=ckpt.score_order),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
-            callbacks=callbacks,
+            callbacks=callbacks or None,
         ),
     )
     return trainer.fit()
 
 
-def read_metrics(folder: str) -> list[dict[str, Any]]:
-    """The run's ``metrics.jsonl`` by step (a step logged twice, before a failure and after
-    the resume, keeps its last record)."""
+def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The run's ``metrics.jsonl`` (a local folder or a URI) by step (a step logged twice,
+    before a failure and after the resume, keeps its last record)."""
+    fs, root = storage.filesystem(folder, endpoint)
+    try:
+        with fs.open_input_stream(f"{root}/metrics.jsonl") as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        return []
     by_step: dict[int, dict[str, Any]] = {}
-    path = Path(folder, "metrics.jsonl")
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            by_step[row["step"]] = row
+    for line in lines:
+        row = json.loads(line)
+        by_step[row["step"]] = row
     return [by_step[s] for s in sorted(by_step)]

@@ -122,4 +122,4 @@ class LineDedup(DatasetStep):
         step = _RemoveUnits(cfg, ray.put((hashes, first)))
         step.token = uuid.uuid4().hex
         return ds.map_batches(run_in_task, fn_kwargs={"step": step, "stats": ctx.stats},
-                              batch_format="pyarrow", batch_size=ctx.batch_size)
+                              batch_format="pyarrow", batch_size=ctx.batch_size, **ctx.remote_args)

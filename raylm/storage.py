@@ -1,0 +1,98 @@
+"""Object storage for runs: checkpoints, token shards and logs under ``s3://...`` (or any URI
+pyarrow reads), on AWS or an S3-compatible store (MinIO, Ceph, moto) named by an endpoint.
+
+Every reader and writer in raylm goes through ``pyarrow.fs``, which takes an S3 endpoint from
+``AWS_ENDPOINT_URL`` (credentials from the usual ``AWS_*`` variables or the node's instance
+profile). ``use_endpoint`` sets it in this process and returns it for Ray workers'
+``runtime_env``; ``filesystem`` gives Ray Train its ``storage_filesystem``.
+
+``RunLog`` is a Ray Train callback on the driver side that keeps ``metrics.jsonl`` and
+``tensorboard/`` of a run whose storage is an object store (rank 0 writes them directly into
+a local run folder): it writes locally, then copies both into ``<storage>/<name>/`` after
+every report, so ``tensorboard --logdir s3://...`` follows a run from anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import pyarrow.fs as pafs
+from ray.train import UserCallback
+
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def use_endpoint(endpoint: str | None) -> dict[str, str]:
+    """Point this process's S3 clients at ``endpoint``; the env vars Ray workers need for it."""
+    if not endpoint:
+        return {}
+    os.environ[ENDPOINT_ENV] = endpoint
+    return {ENDPOINT_ENV: endpoint}
+
+
+def filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or a URI."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
+    if uri.startswith("s3://") and endpoint:
+        # keys from the environment travel inside the filesystem object when Ray pickles it
+        # to its controller and workers; without them the node's instance profile is used
+        keys = {"access_key": os.environ["AWS_ACCESS_KEY_ID"], "secret_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "session_token": os.environ.get("AWS_SESSION_TOKEN")} \
+            if "AWS_ACCESS_KEY_ID" in os.environ and "AWS_SECRET_ACCESS_KEY" in os.environ else {}
+        fs = pafs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[-1],
+                               scheme="http" if endpoint.startswith("http://") else "https", **keys)
+        return fs, uri.removeprefix("s3://").rstrip("/")
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path.rstrip("/")
+
+
+class RunLog(UserCallback):
+    """``metrics.jsonl`` and TensorBoard scalars of rank 0's reports, copied to ``<storage>/<name>/``."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, name: str) -> None:
+        self.fs, self.run, self.name = fs, f"{root}/{name}", name
+        self.local: str | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+
+    def _start(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.local = tempfile.mkdtemp(prefix=f"raylm-runlog-{self.name}-")
+        try:  # a run started again under the same name continues its log
+            with self.fs.open_input_stream(f"{self.run}/metrics.jsonl") as f:
+                self.rows = [json.loads(line) for line in f.read().decode().splitlines() if line]
+        except (FileNotFoundError, OSError):
+            self.rows = []
+        self.writer = SummaryWriter(os.path.join(self.local, "tensorboard"))
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if not metrics or "step" not in metrics[0]:
+            return
+        if self.writer is None:
+            self._start()
+        row = metrics[0]
+        self.rows.append(row)
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["step"])
+        self.writer.flush()
+        self.upload()
+
+    def upload(self) -> None:
+        fs, run = self.fs, self.run
+        fs.create_dir(f"{run}/tensorboard", recursive=True)
+        with fs.open_output_stream(f"{run}/metrics.jsonl") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        tb = os.path.join(self.local, "tensorboard")
+        for name in os.listdir(tb):
+            pafs.copy_files(os.path.join(tb, name), f"{run}/tensorboard/{name}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
