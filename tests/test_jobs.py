@@ -8,8 +8,22 @@ from raylm.config import load
 from raylm.data.pipeline import CurateConfig
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
-CONFIGS = [p for p in ALL if not p.name.startswith("train")]
-TRAIN_CONFIGS = [p for p in ALL if p.name.startswith("train")]
+CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]
+TRAIN_CONFIGS = [p for p in ALL if p.name.startswith(("train", "pretrain"))]
+
+
+def test_every_job_config_is_checked():
+    assert set(ALL) == {*CONFIGS, *TRAIN_CONFIGS, *(p for p in ALL if p.name in ("prepare.yaml", "sweep.yaml"))}
+
+
+def test_prepare_and_sweep_configs_load():
+    from raylm.data.prepare import PrepareConfig
+    from raylm.tune.sweep import load_sweep
+
+    root = ALL[0].parent
+    assert load(PrepareConfig, root / "prepare.yaml").sources
+    sweep, base = load_sweep(root / "sweep.yaml")
+    assert sweep.search and base["scale"]["use_gpu"] is True
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -27,8 +41,19 @@ def test_train_config_loads(path):
     assert cfg.model.n_layers >= 1 and cfg.global_batch_size >= 1 and (cfg.data.path or cfg.data.sources)
 
 
-def test_job_entrypoint_reports_bad_input(capsys, tmp_path):
-    from jobs.curate import main
+@pytest.mark.parametrize("module", ["curate", "prepare", "pretrain", "sweep"])
+def test_job_entrypoints_report_bad_input(module, capsys, tmp_path):
+    """``python -m jobs.NAME`` with a missing config prints one line and exits 2."""
+    import runpy
+    import sys
 
-    assert main(["curate", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
-    assert "no such file or directory" in capsys.readouterr().err
+    argv = ["-c", str(tmp_path / "missing.yaml")] + {"curate": ["x", "-o", "y"], "prepare": ["-o", "y"]}.get(module, [])
+    old, sys.argv = sys.argv, [module, *argv]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module(f"jobs.{module}", run_name="__main__")
+    finally:
+        sys.argv = old
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "Traceback" not in err

@@ -126,7 +126,10 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        # a local Ray offers the custom resources the config asks for, one unit per CPU
+        cpus = float(cfg.num_cpus or os.cpu_count() or 1)
+        ray.init(num_cpus=cfg.num_cpus, resources={k: cpus for k in cfg.resources} or None,
+                 include_dashboard=False, log_to_driver=True)
 
 
 def _read_batch(batch: pa.Table, cfg: R.ReadConfig):
