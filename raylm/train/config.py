@@ -134,6 +134,9 @@ class TrainConfig:
     """Restarts from the latest checkpoint after a worker dies (``FailureConfig``)."""
     peak_tflops: float | None = None
     """Device peak for MFU (None: looked up from the GPU name; CPU has no MFU)."""
+    log_seq_ids: bool = False
+    """Audit the data order: every rank appends ``{step, pid, seq_ids}`` per step to
+    ``seq_ids-rank<r>.jsonl`` in the run folder (local storage only)."""
     fail_at_step: int | None = None
     """Testing: raise in rank 1 (rank 0 with one worker) at this step, once per run directory."""
 

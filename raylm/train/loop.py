@@ -162,12 +162,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         local.keep(folder)
 
     loader = _loader(cfg, rank, world, position)
+    seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
     lengths = LengthSchedule([tuple(p) for p in cfg.data.seq_len_schedule]) if cfg.data.seq_len_schedule else None
     mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
     seq_len: int | None = None
     try:
         while step < cfg.steps:
             micro = [next(loader) for _ in range(cfg.grad_accum)]
+            if seq_log is not None:
+                seq_log.write(json.dumps({"step": step + 1, "pid": os.getpid(),
+                                          "seq_ids": [int(i) for b in micro for i in b["seq_id"]]}) + "\n")
+                seq_log.flush()
             seq_len = micro[0]["input_ids"].shape[1]  # stored length: tokens per step are B * it
             if lengths is not None:
                 micro = [split_rows(b, lengths.seq_len_at(step)) for b in micro]
@@ -234,6 +239,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tokens_window, t_window, wait_window = 0, time.perf_counter(), loader.data_wait_s
     finally:
         loader.close()
+        if seq_log is not None:
+            seq_log.close()
         tb.close()
 
 
