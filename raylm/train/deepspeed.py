@@ -37,7 +37,10 @@ def ds_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
         "allgather_bucket_size": ds.bucket_size,
     }
     if ds.stage == 3:
-        zero.update({"stage3_prefetch_bucket_size": ds.bucket_size, "stage3_param_persistence_threshold": 0})
+        # gathered parameters are released after use unless fewer than bucket_size are live
+        # (DeepSpeed's default, 1e9, keeps the whole model gathered after the forward pass)
+        zero.update({"stage3_prefetch_bucket_size": ds.bucket_size, "stage3_param_persistence_threshold": 0,
+                     "stage3_max_live_parameters": ds.bucket_size, "stage3_max_reuse_distance": ds.bucket_size})
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scale.use_gpu}
     if ds.offload_params:

@@ -34,7 +34,14 @@ from raylm.optim.schedules import lr_multiplier
 from raylm.train import checkpoint
 from raylm.train.config import TrainConfig, train_config
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
-from raylm.train.parallel import autocast, parallelize, resolve_precision, run_metadata, unwrap
+from raylm.train.parallel import (
+    autocast,
+    clip_grad_norm,
+    parallelize,
+    resolve_precision,
+    run_metadata,
+    unwrap,
+)
 from raylm.train.stability import SpikeGuard
 
 
@@ -61,13 +68,6 @@ def _no_sync(model: torch.nn.Module, strategy: str, last: bool):
                 model.set_requires_gradient_sync(True)
         return resync()
     return contextlib.nullcontext()
-
-
-def _grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
 
 
 class _LocalCheckpoints:
@@ -201,7 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 grad_norm = deepspeed.grad_norm(engine)
             else:
                 scaler.unscale_(optimizer)
-                grad_norm = _grad_norm(model, cfg.clip_grad_norm)
+                grad_norm = clip_grad_norm(model, cfg.clip_grad_norm)
             step += 1
             _maybe_fail(cfg, step, rank, world, run_dir)
             action = guard.check(step, loss, grad_norm)

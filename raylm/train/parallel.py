@@ -163,3 +163,29 @@ def run_metadata(cfg: Any, model: nn.Module, precision: str, world: int) -> dict
 
         meta["deepspeed"] = ds_config(cfg, precision)
     return meta
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float | None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (None: only measure it); returns the norm
+    before clipping. Gradients may be plain tensors (DDP) or DTensors on different meshes
+    (FSDP2's dp mesh, and the (dp, tp) mesh under tensor parallelism), which
+    ``clip_grad_norm_`` cannot stack together: the norm is taken per mesh, made whole, then
+    combined."""
+    by_mesh: dict[Any, list[torch.Tensor]] = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    if len(by_mesh) <= 1:  # one kind of gradient: torch's own clip
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    squares = []
+    for grads in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(grads)
+        squares.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2)
+    total = sum(squares) ** 0.5
+    if max_norm and total > max_norm:
+        coef = max_norm / (total + 1e-6)
+        for grads in by_mesh.values():
+            for g in grads:
+                g.mul_(coef)
+    return total
