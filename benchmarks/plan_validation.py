@@ -4,16 +4,8 @@ CPU (every run here): 2 gloo processes train a small model (fp32) for two steps 
 strategy (DDP, FSDP2, FSDP2 + tensor parallelism, DeepSpeed ZeRO 1/2/3) and checkpointing
 mode (none, mlp, attention, every_n, full); rank 0 measures its own memory in the second step:
 
-* static = the bytes of every distinct tensor storage alive after the backward pass, before
-  the optimizer step: parameters (or their shards), gradients (DDP buckets, FSDP2 shards,
-  ZeRO partitions and buckets) and the optimizer state of the first step. Storages are
-  found by walking every live tensor object (``gc.get_objects``) and the ``.grad`` of every
-  leaf among them, and counted once each (views share their storage).
-* activations = the bytes of the storages alive at the end of the forward pass (loss
-  computed) that were not alive before it. An identity ``saved_tensors_hooks`` pair is active
-  during the forward so that the tensors autograd saves for backward are Python objects and
-  the walk sees them; a checkpointed module's inner tensors are dropped by its own hooks, and
-  its inputs, which its recomputation holds, are seen. FSDP2's gathered root counts here.
+static and activation bytes measured by ``raylm.plan.measure.measure_step`` (its docstring says
+how: an exact walk of live tensor storages, with saved-tensor hooks during the forward).
 
 The measured total (static + activations) is compared with the plan's parameters + gradients
 + optimizer + gathered + activations; the backward's transient peak (``backward_extra``) is
@@ -44,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raylm.model import Transformer, model_config  # noqa: E402
 from raylm.plan import memory, plan_config  # noqa: E402
+from raylm.plan.measure import __doc__ as _measure_doc  # noqa: E402
+from raylm.plan.measure import measure_step  # noqa: E402
 
 MODEL = {"vocab_size": 2048, "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 256,
          "attention": "sdpa"}
@@ -51,29 +45,6 @@ MICRO, SEQ, WORLD = 4, 256, 2
 CASES = ([(s, ac) for s in ("ddp", "fsdp2", "zero1", "zero2", "zero3") for ac in ("none", "mlp", "attention",
                                                                                    "every_n", "full")]
          + [("fsdp2_tp2", "none"), ("fsdp2_tp2", "full")])
-
-
-def live_storages(hold: list | None = None) -> dict[int, int]:
-    """data_ptr -> bytes of every distinct storage held by a live tensor object. ``hold``
-    keeps the tensors alive, so that no later allocation reuses one of their addresses."""
-    gc.collect()
-    out: dict[int, int] = {}
-    tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    # a gradient written by autograd has no Python object until someone reads it: read them
-    tensors += [t.grad for t in tensors if t.is_leaf and t.requires_grad and t.grad is not None]
-    for obj in tensors:
-        if obj.device.type == "meta":
-            continue
-        try:
-            storage = obj.untyped_storage()
-            ptr, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # a wrapper subclass (DTensor): its local tensor is walked
-            continue
-        if ptr:
-            out[ptr] = nbytes
-    if hold is not None:
-        hold.extend(tensors)
-    return out
 
 
 def _build(strategy: str, ac: str, device: torch.device):
@@ -98,31 +69,6 @@ def _build(strategy: str, ac: str, device: torch.device):
     return model, optimizer, engine
 
 
-def _step(model, optimizer, engine, ids, measure: bool) -> dict[str, int]:
-    from raylm.train.parallel import unwrap
-
-    hold: list[torch.Tensor] = []
-    before = live_storages(hold) if measure else {}
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        logits = model(ids[:, :-1])
-        loss = unwrap(model).loss_sum(logits, ids[:, 1:])
-    after_forward = live_storages() if measure else {}
-    hold.clear()
-    if engine is not None:
-        engine.backward(loss)
-    else:
-        loss.backward()
-    del logits, loss
-    static = live_storages() if measure else {}
-    if engine is not None:
-        engine.step()
-    else:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return {"static": sum(static.values()),
-            "activations": sum(b for p, b in after_forward.items() if p not in before)}
-
-
 def _worker(rank: int, port: int, cases: list[tuple[str, str]], queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu")
@@ -133,8 +79,8 @@ def _worker(rank: int, port: int, cases: list[tuple[str, str]], queue) -> None:
     for strategy, ac in cases:
         model, optimizer, engine = _build(strategy, ac, device)
         ids = torch.randint(0, MODEL["vocab_size"], (MICRO, SEQ + 1), generator=g)
-        _step(model, optimizer, engine, ids, measure=False)
-        measured = _step(model, optimizer, engine, ids, measure=True)
+        measure_step(model, optimizer, engine, ids, measure=False)
+        measured = measure_step(model, optimizer, engine, ids, measure=True)
         if rank == 0:
             queue.put((strategy, ac, measured))
         del model, optimizer, engine
@@ -211,6 +157,10 @@ def gpu_table() -> list[dict]:
     return rows
 
 
+def measure_doc() -> str:
+    return " ".join(_measure_doc.split("\n\n")[1].split())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="measure on the CUDA device instead (bf16, world size 1)")
@@ -229,7 +179,7 @@ def main() -> None:
         return
     out = {"benchmark": "plan_validation", "date": datetime.date.today().isoformat(), "host": platform.node(),
            "torch": torch.__version__, "model": MODEL, "micro_batch_size": MICRO, "seq_len": SEQ,
-           "method": __doc__.split("\n\n")[1] + "\n" + __doc__.split("\n\n")[2],
+           "method": __doc__.split("\n\n")[1] + "\n" + __doc__.split("\n\n")[2] + "\n" + measure_doc(),
            "plan_max_rel_error": max(r["rel_error"] for r in rows), "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2))
     print(f"plan_max_rel_error {out['plan_max_rel_error']:.1%} -> {args.output}")
