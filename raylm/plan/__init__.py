@@ -65,8 +65,8 @@ class PlanConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     """Weights and activations in compute (bf16 mixed precision keeps fp32 master weights)."""
     packed_sdpa: bool = False
-    """Attention is SDPA with a dense document mask (no flash-attn): adds ``L^2`` bytes per
-    sequence and block."""
+    """Rows are packed documents and attention is SDPA with a dense document mask (no
+    flash-attn): SDPA keeps an additive ``L x L`` mask per sequence and block."""
     checkpoint_every: int = 2
     """The n of the ``every_n`` checkpointing mode."""
     bucket_size: int = 50_000_000
@@ -176,7 +176,8 @@ def memory(cfg: PlanConfig, strategy: str, checkpointing: str) -> dict[str, floa
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     tokens = cfg.micro_batch_size * cfg.length
-    masks = cfg.micro_batch_size * cfg.length**2 if cfg.packed_sdpa else 0.0
+    # SDPA turns the boolean document mask into an additive one of the compute dtype and saves it
+    masks = w * cfg.micro_batch_size * cfg.length**2 if cfg.packed_sdpa else 0.0
     if checkpointing == "every_n":
         k = math.ceil(m.n_layers / cfg.checkpoint_every)
         blocks = (k * _block_activations(m, "full", w, tokens, masks, tp)
@@ -184,7 +185,10 @@ def memory(cfg: PlanConfig, strategy: str, checkpointing: str) -> dict[str, floa
     else:
         blocks = m.n_layers * _block_activations(m, checkpointing, w, tokens, masks, tp)
     logits = tokens * m.vocab_size
-    head = tokens * (3 * m.d_model * w + 4) + logits * (w + 4) + tokens * 8  # final norm, logits, log-softmax, labels
+    # final norm, logits, fp32 log-softmax, labels; fp32 rotary cos and sin gathered per row
+    # of positions when rows are packed (else one table for all rows)
+    rope = 2 * 4 * (cfg.micro_batch_size if cfg.packed_sdpa else 1) * cfg.length * m.head_dim // 2
+    head = tokens * (3 * m.d_model * w + 4) + logits * (w + 4) + tokens * 8 + rope
     activations = blocks + head
     extra = logits * 4
     if checkpointing != "none":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from typing import Any
 
 import torch
 
@@ -51,16 +52,17 @@ def live_storages(hold: list | None = None) -> dict[int, int]:
     return out
 
 
-def measure_step(model, optimizer, engine, ids, measure: bool) -> dict[str, int]:
-    """One training step of ``model`` on ``ids`` ``(B, L + 1)``; with ``measure``, the static
-    and activation bytes (see the module docstring). ``engine``: a DeepSpeed engine (then
-    ``model`` is it), else ``optimizer`` steps."""
+def measure_step(model, optimizer, engine, ids, measure: bool, **batch: Any) -> dict[str, int]:
+    """One training step of ``model`` on ``ids`` ``(B, L + 1)`` (``batch``: ``position_ids``,
+    ``cu_seqlens``, ``max_seqlen`` of packed rows); with ``measure``, the static and activation
+    bytes (see the module docstring). ``engine``: a DeepSpeed engine (then ``model`` is it),
+    else ``optimizer`` steps."""
     from raylm.train.parallel import unwrap
 
     hold: list[torch.Tensor] = []
     before = live_storages(hold) if measure else {}
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        logits = model(ids[:, :-1])
+        logits = model(ids[:, :-1], **batch)
         loss = unwrap(model).loss_sum(logits, ids[:, 1:])
     after_forward = live_storages() if measure else {}
     hold.clear()
