@@ -1,4 +1,4 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``tune``,
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``plan``, ``tune``,
 ``mup coord-check``, ``schedules``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
@@ -120,6 +120,20 @@ def _coord_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.config import load_yaml, merge, parse_overrides
+    from raylm.plan import plan, plan_config, render
+
+    data = load_yaml(args.config) if args.config else {}
+    if args.set:
+        data = merge(data, parse_overrides(args.set))
+    report = plan(plan_config(data, f"{args.config or '--set'}" + (" (with --set)" if args.config and args.set else "")))
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def _schedules(args: argparse.Namespace) -> int:
     from raylm.optim.schedules import ScheduleConfig, plot_schedules
 
@@ -193,6 +207,12 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--batch", type=int, default=8)
     cc.add_argument("--seq-len", type=int, default=64)
     cc.set_defaults(func=_coord_check)
+
+    pl = sub.add_parser("plan", help="per-GPU memory, step time and cost of a run; recommends a strategy")
+    pl.add_argument("-c", "--config", help="YAML PlanConfig (model, seq_len, micro_batch_size, num_gpus, gpu, prices)")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pl.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    pl.set_defaults(func=_plan)
 
     sc = sub.add_parser("schedules", help="plot the learning-rate schedules to a PNG")
     sc.add_argument("-o", "--output", default="schedules.png")

@@ -6,6 +6,10 @@
   ``set_*_state_dict`` shards them again as the model is parallelised now.
 * ``state.json`` (rank 0): step, data position, spike-guard state, the config's fingerprint.
 * ``rng-rank{r}.pt`` (every rank): the torch, numpy and Python RNG states of that rank.
+* Under DeepSpeed, ``zero/`` instead of ``model.pt`` and ``optim.pt``: the engine's own
+  checkpoint (``save_checkpoint``), each rank writing its ZeRO partition of the optimizer
+  state (and of the parameters under stage 3); restored with ``load_checkpoint`` at the
+  same world size.
 
 Every rank writes its files into its own temporary folder and passes it to
 ``ray.train.report(checkpoint=...)``; Ray Train gathers the ranks' files into one checkpoint.
@@ -23,6 +27,11 @@ import torch
 from torch import nn
 
 MODEL, OPTIM, STATE = "model.pt", "optim.pt", "state.json"
+DS_TAG = "zero"
+
+
+def _is_deepspeed(model: nn.Module) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine"
 
 
 def _options(**kw: Any):
@@ -50,9 +59,16 @@ def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state:
     """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    os.makedirs(folder, exist_ok=True)
+    if _is_deepspeed(model):
+        model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
+        if rank == 0:
+            with open(os.path.join(folder, STATE), "w") as f:
+                json.dump(state, f, indent=2)
+        torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
+        return
     model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
     optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-    os.makedirs(folder, exist_ok=True)
     if rank == 0:
         torch.save(model_sd, os.path.join(folder, MODEL))
         torch.save(optim_sd, os.path.join(folder, OPTIM))
@@ -69,6 +85,13 @@ def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: 
     rollback); rank 0 reads them and broadcasts, the other ranks get ``{}`` back."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
+    if _is_deepspeed(model):
+        if from_rank0:
+            raise ValueError("a DeepSpeed engine restores from a full checkpoint folder, not rank 0's copy")
+        model.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
+        set_rng_state(torch.load(os.path.join(folder, f"rng-rank{rank}.pt"), weights_only=False))
+        with open(os.path.join(folder, STATE)) as f:
+            return json.load(f)
     has_files = rank == 0 or not from_rank0
     model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True) if has_files else {}
     optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True) if has_files else {}

@@ -75,6 +75,33 @@ class CheckpointConfig:
             raise ConfigError(f"checkpoint.every ({self.every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
 
 
+CheckpointMode = Literal["none", "full", "every_n", "mlp", "attention"]
+
+
+@dataclasses.dataclass(kw_only=True)
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO (Rajbhandari et al. 2020) options; raylm writes DeepSpeed's JSON from them
+    (``raylm.train.deepspeed.ds_config``), so users never write it."""
+
+    stage: int = 2
+    """ZeRO stage: 1 shards the optimizer state, 2 also the gradients, 3 also the parameters."""
+    offload_optimizer: bool = False
+    """Keep the optimizer state (and its step) in CPU memory (ZeRO-Offload, Ren et al. 2021)."""
+    offload_params: bool = False
+    """Keep the sharded parameters in CPU memory between uses (ZeRO-Infinity); stage 3 only."""
+    bucket_size: int = 50_000_000
+    """Elements per gradient reduce / parameter all-gather bucket (DeepSpeed's default is 5e8;
+    smaller buckets cost less memory on small GPUs and give more overlap)."""
+
+    def validate(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ConfigError(f"scale.deepspeed.stage: {self.stage} must be 1, 2 or 3")
+        if self.offload_params and self.stage != 3:
+            raise ConfigError("scale.deepspeed.offload_params needs stage 3 (only ZeRO-3 shards parameters)")
+        if self.bucket_size < 1:
+            raise ConfigError(f"scale.deepspeed.bucket_size: {self.bucket_size} must be >= 1")
+
+
 @dataclasses.dataclass(kw_only=True)
 class ScaleConfig:
     num_workers: int = 2
@@ -84,21 +111,61 @@ class ScaleConfig:
     """Logical CPUs each worker holds; fractions leave room for Ray Data on small nodes."""
     resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
     """Extra custom resources per worker (e.g. ``{gpu_pool: 1}`` to land on a node pool)."""
-    strategy: Literal["ddp", "fsdp2"] = "ddp"
-    """Data parallelism: DDP (replicated) or FSDP2 (``fully_shard`` per block + the root)."""
+    strategy: Literal["ddp", "fsdp2", "deepspeed"] = "ddp"
+    """Data parallelism: DDP (replicated), FSDP2 (``fully_shard`` per block + the root) or
+    DeepSpeed ZeRO (``scale.deepspeed``)."""
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
+    """ZeRO stage and offload, used when ``strategy`` is deepspeed."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree (Megatron-style column/row sharding of every block's linears with
+    DTensor), composed with FSDP2 on a 2-D (dp, tp) mesh; fsdp2 only. ``num_workers`` must be a
+    multiple of it; the ranks of one tensor-parallel group read the same batches."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 on GPUs that have it, else fp16 with loss scaling on GPU, fp32 on CPU."""
-    activation_checkpointing: bool = False
-    """Recompute every block's activations in the backward pass."""
+    activation_checkpointing: CheckpointMode | bool = "none"
+    """Recompute activations in the backward pass: "none"; "full" (every block); "every_n"
+    (every ``checkpoint_every``-th block); "mlp" or "attention" (selective: only that part of
+    every block). ``true``/``false`` mean "full"/"none"."""
+    checkpoint_every: int = 2
+    """With ``activation_checkpointing: every_n``: blocks 0, n, 2n, ... are checkpointed."""
     compile: bool = False
     """``torch.compile`` the blocks and the loss (``raylm.train.parallel.apply_compile``):
     faster steps on GPU after a compile of a minute or so; off by default because on CPU the
     compile costs more than it saves on a short run."""
+    fp8: bool = False
+    """fp8 matmuls in every block's linears (torchao float8 training, dynamic scaling); CUDA
+    GPUs with compute capability >= 8.9 (H100) and the ``torchao`` package only."""
+
+    @property
+    def checkpoint_mode(self) -> CheckpointMode:
+        """``activation_checkpointing`` with the booleans resolved."""
+        ac = self.activation_checkpointing
+        return ("full" if ac else "none") if isinstance(ac, bool) else ac
+
+    @property
+    def data_parallel(self) -> int:
+        """Ranks that read different batches (``num_workers / tensor_parallel``)."""
+        return self.num_workers // self.tensor_parallel
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker <= 0:
             raise ConfigError(f"scale.num_workers ({self.num_workers}) must be >= 1 and "
                               f"scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"scale.checkpoint_every: {self.checkpoint_every} must be >= 1")
+        if self.tensor_parallel < 1 or self.num_workers % self.tensor_parallel:
+            raise ConfigError(f"scale.tensor_parallel: {self.tensor_parallel} must be >= 1 and divide "
+                              f"scale.num_workers ({self.num_workers})")
+        if self.tensor_parallel > 1 and self.strategy != "fsdp2":
+            raise ConfigError("scale.tensor_parallel > 1 composes with scale.strategy fsdp2 only "
+                              f"(got {self.strategy})")
+        if self.fp8 and not self.use_gpu:
+            raise ConfigError("scale.fp8: fp8 matmuls need CUDA GPUs (scale.use_gpu: true) with torchao")
+        if self.strategy == "deepspeed":
+            self.deepspeed.validate()
+            if self.fp8 or self.compile:
+                raise ConfigError("scale.strategy deepspeed: scale.fp8 and scale.compile are supported "
+                                  "with ddp and fsdp2 only")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -122,7 +189,8 @@ class TrainConfig:
     micro_batch_size: int = 4
     """Sequences per worker per forward/backward."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * num_workers."""
+    """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * data-parallel
+    ranks (``num_workers / scale.tensor_parallel``)."""
     clip_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
     seed: int = 0
@@ -147,13 +215,26 @@ class TrainConfig:
             raise ConfigError(f"storage_endpoint: {self.storage_endpoint!r} must be an http:// or https:// URL")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"clip_grad_norm: {self.clip_grad_norm} must be > 0 (or null for no clipping)")
+        if self.scale.tensor_parallel > 1:
+            m = self.model
+            tp = self.scale.tensor_parallel
+            if m.n_heads % tp or m.kv_heads % tp or m.ffn_dim % tp:
+                raise ConfigError(f"scale.tensor_parallel: {tp} must divide model.n_heads ({m.n_heads}), "
+                                  f"the kv heads ({m.kv_heads}) and the MLP width ({m.ffn_dim})")
+        if self.scale.strategy == "deepspeed":
+            if self.spike_guard.enabled:
+                raise ConfigError("spike_guard.enabled: DeepSpeed steps inside engine.step(), where the guard "
+                                  "cannot skip or roll back a step; set spike_guard.enabled: false with "
+                                  "scale.strategy deepspeed")
+            if self.optim.name != "adamw":
+                raise ConfigError(f"optim.name: {self.optim.name!r}: raylm's DeepSpeed strategy runs adamw only")
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")
 
     @property
     def global_batch_size(self) -> int:
-        return self.micro_batch_size * self.grad_accum * self.scale.num_workers
+        return self.micro_batch_size * self.grad_accum * self.scale.data_parallel
 
 
 def _expand_flavor(data: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -37,7 +37,14 @@ from raylm.optim.schedules import lr_multiplier
 from raylm.train import checkpoint
 from raylm.train.config import TrainConfig, train_config
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
-from raylm.train.parallel import autocast, parallelize, resolve_precision, unwrap
+from raylm.train.parallel import (
+    autocast,
+    clip_grad_norm,
+    parallelize,
+    resolve_precision,
+    run_metadata,
+    unwrap,
+)
 from raylm.train.stability import SpikeGuard
 
 
@@ -64,13 +71,6 @@ def _no_sync(model: torch.nn.Module, strategy: str, last: bool):
                 model.set_requires_gradient_sync(True)
         return resync()
     return contextlib.nullcontext()
-
-
-def _grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
 
 
 class _LocalCheckpoints:
@@ -126,9 +126,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     random.seed(cfg.seed * 1000 + rank)
     np.random.seed(cfg.seed * 1000 + rank)
     torch.manual_seed(cfg.seed * 1000 + rank)  # per-rank streams from here on
-    model = parallelize(model, cfg.scale.strategy, precision, device, cfg.scale.activation_checkpointing,
-                        cfg.scale.compile)
+    sc = cfg.scale
+    model = parallelize(model, sc.strategy, precision, device, sc.checkpoint_mode, sc.compile,
+                        checkpoint_every=sc.checkpoint_every, tensor_parallel=sc.tensor_parallel, fp8=sc.fp8)
     optimizer = build_optimizer(model, cfg.optim, mup_lr_scale(cfg.model))
+    engine = None  # DeepSpeed's engine: it steps, clips and reduces in place of the code below
+    if sc.strategy == "deepspeed":
+        from raylm.train import deepspeed
+
+        model = engine = deepspeed.initialize(model, optimizer, cfg, precision, device)
+    if run_dir and rank == 0:
+        with open(os.path.join(run_dir, "meta.json"), "w") as f:
+            json.dump(run_metadata(cfg, unwrap(model), precision, world), f, indent=2)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     guard = SpikeGuard(cfg.spike_guard)
     schedule = cfg.optim.schedule
@@ -161,7 +170,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
 
-    loader = _loader(cfg, rank, world, position)
+    # the ranks of one tensor-parallel group read the same batches
+    loader = _loader(cfg, rank // sc.tensor_parallel, sc.data_parallel, position)
     seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
     lengths = LengthSchedule([tuple(p) for p in cfg.data.seq_len_schedule]) if cfg.data.seq_len_schedule else None
     mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
@@ -185,21 +195,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     logits = model(b["input_ids"].to(device), position_ids=b["position_ids"].to(device),
                                    cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"])
                     part = unwrap(model).loss_sum(logits, b["labels"].to(device))
-                    scaler.scale(part * world / n_tokens).backward()
+                    if engine is not None:
+                        engine.backward(part * world / n_tokens, scale_wrt_gas=False)
+                        if i < len(micro) - 1:
+                            engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
+                    else:
+                        scaler.scale(part * world / n_tokens).backward()
                 loss_sum += part.detach()
             loss = float(_all_sum(loss_sum) / n_tokens)
-            scaler.unscale_(optimizer)
-            grad_norm = _grad_norm(model, cfg.clip_grad_norm)
             multiplier = lr_multiplier(schedule, step)  # the schedule counts updates from 0
+            lr = cfg.optim.lr * multiplier
+            if engine is not None:  # the spike guard is off (TrainConfig.validate)
+                apply_lr(optimizer, cfg.optim.lr, multiplier)
+                engine.step()
+                grad_norm = deepspeed.grad_norm(engine)
+            else:
+                scaler.unscale_(optimizer)
+                grad_norm = clip_grad_norm(model, cfg.clip_grad_norm)
             step += 1
             _maybe_fail(cfg, step, rank, world, run_dir)
             action = guard.check(step, loss, grad_norm)
-            lr = cfg.optim.lr * multiplier
-            if action == "ok":
+            if action == "ok" and engine is None:
                 apply_lr(optimizer, cfg.optim.lr, multiplier)
                 scaler.step(optimizer)
                 scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            if engine is None:
+                optimizer.zero_grad(set_to_none=True)
             if action == "rollback" and local.latest is not None:
                 # the weights and optimizer go back; the data and the step count go on past
                 # the spike (as PaLM did), so a run that keeps spiking still ends
