@@ -23,10 +23,21 @@ from raylm.data.pipeline import CurateConfig
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]
 TRAIN_CONFIGS = [p for p in ALL if p.name.startswith(("train", "pretrain"))]
+PLAN_CONFIGS = [p for p in ALL if p.name.startswith("plan")]
 
 
 def test_every_job_config_is_checked():
-    assert set(ALL) == {*CONFIGS, *TRAIN_CONFIGS, *(p for p in ALL if p.name in ("prepare.yaml", "sweep.yaml"))}
+    assert set(ALL) == {*CONFIGS, *TRAIN_CONFIGS, *PLAN_CONFIGS,
+                        *(p for p in ALL if p.name in ("prepare.yaml", "sweep.yaml"))}
+
+
+@pytest.mark.parametrize("path", PLAN_CONFIGS, ids=[p.name for p in PLAN_CONFIGS])
+def test_plan_config_loads_and_plans(path):
+    from raylm.config import load_yaml
+    from raylm.plan import plan, plan_config
+
+    report = plan(plan_config(load_yaml(path), str(path)))
+    assert report["gpu_hours"] > 0
 
 
 def test_prepare_and_sweep_configs_load():
