@@ -25,9 +25,11 @@ GRID = [np.array(t) for t in itertools.product([0.0, 6.0, 12.0], [0.0, 6.0, 12.0
 """Starting points ``(log A, log B, log E, alpha, beta)`` of the full fit."""
 
 
-def _predict(theta: np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+def law(theta: np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``L(N, D)`` at parameters ``theta = (log A, log B, log E, alpha, beta)`` (a fit's ``"theta"``)."""
     log_a, log_b, log_e, alpha, beta = theta
-    return np.exp(log_e) + np.exp(log_a - alpha * np.log(n)) + np.exp(log_b - beta * np.log(d))
+    with np.errstate(over="ignore"):  # a far-off trial point of the optimiser: inf, rejected
+        return np.exp(log_e) + np.exp(log_a - alpha * np.log(n)) + np.exp(log_b - beta * np.log(d))
 
 
 def _fit_once(n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float,
@@ -35,9 +37,10 @@ def _fit_once(n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float,
     from scipy.optimize import minimize
 
     def objective(theta: np.ndarray) -> float:
-        r = np.log(_predict(theta, n, d)) - np.log(loss)
+        r = np.log(law(theta, n, d)) - np.log(loss)
         a = np.abs(r)
-        return float(np.sum(np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))))
+        value = float(np.sum(np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))))
+        return value if math.isfinite(value) else 1e30
 
     best, best_value = None, math.inf
     for start in GRID if starts is None else starts:
@@ -75,7 +78,7 @@ def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float
     def column_stat(f) -> dict[str, float]:
         return {k: float(f(table[:, i])) for i, k in enumerate(PARAMS)} if len(table) else {}
 
-    residual = np.log(_predict(theta, n_, d_)) - np.log(l_)
+    residual = np.log(law(theta, n_, d_)) - np.log(l_)
     return {
         "fit": {k: float(v) for k, v in named(theta).items()},
         "std": column_stat(np.std),
@@ -91,7 +94,7 @@ def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float
 
 def predict(fit: dict[str, Any], n: float, d: float) -> dict[str, float]:
     """The fitted loss at ``(n, d)`` and its bootstrap 5-95% range."""
-    point = float(_predict(np.asarray(fit["theta"]), np.array([n]), np.array([d]))[0])
-    boots = [float(_predict(np.asarray(t), np.array([n]), np.array([d]))[0]) for t in fit["bootstrap_thetas"]]
+    point = float(law(np.asarray(fit["theta"]), np.array([n]), np.array([d]))[0])
+    boots = [float(law(np.asarray(t), np.array([n]), np.array([d]))[0]) for t in fit["bootstrap_thetas"]]
     return {"loss": point, "p05": float(np.percentile(boots, 5)) if boots else point,
             "p95": float(np.percentile(boots, 95)) if boots else point}
