@@ -5,7 +5,10 @@ corpus) and learning rates on a log2 grid, train each model in-process (``raylm.
 the same model, μP parameter groups and schedule as ``raylm train``; AdamW, warm-up 10 steps
 then cosine) for the same steps on the same batches, once under SP and once under μP
 (``base_width`` 128). The loss of a run is its loss on held-out sequences (the 128 after the
-training ones) at the end.
+training ones) at the end. The other hyperparameters are those of a small sweep at width 128
+(init std 0.02; output multiplier 4, the best of 1, 4, 8 and 16, worth 0.8 nats there); with the
+untuned multiplier 1 (``--output-mult 1``) μP's wide models stay at the base model's loss while
+SP's improve (``results/mup_transfer_output_mult1.json``).
 
 Widths below ``--full-grid-below`` get the whole grid; wider ones (the costly ones) start at
 the previous width's best learning rate and step along the grid until its best point has a
@@ -45,9 +48,10 @@ from raylm.tune.local import load_batches, train_local  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def base_model(seq_len: int) -> ModelConfig:
+def base_model(seq_len: int, init_std: float = 0.02, output_mult: float = 4.0) -> ModelConfig:
+    """The swept model; ``init_std`` and ``output_mult`` as tuned at width 128 (where μP is SP)."""
     return ModelConfig(vocab_size=VOCAB, n_layers=2, n_heads=4, multiple_of=16, max_seq_len=seq_len,
-                       attention="sdpa")
+                       attention="sdpa", init_std=init_std, output_mult=output_mult)
 
 
 def run_loss(model: ModelConfig, lr: float, batches: list, held_out: list) -> float:
@@ -110,6 +114,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--log2-lr", type=int, nargs=2, default=[-14, -4], help="grid ends, inclusive")
     ap.add_argument("--full-grid-below", type=int, default=512)
+    ap.add_argument("--init-std", type=float, default=0.02)
+    ap.add_argument("--output-mult", type=float, default=4.0,
+                    help="4: the best of {1, 4, 8, 16} at width 128 (1 is the untuned default)")
+    ap.add_argument("--name", default="mup_transfer", help="stem of the JSON and PNG in --out")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/raylm-mup-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -120,7 +128,7 @@ def main() -> None:
     batches = load_batches(shards, args.batch_size, args.steps)
     held_out = load_batches(shards, args.batch_size, 128 // args.batch_size, skip=args.steps * args.batch_size)
     grid = list(range(args.log2_lr[0], args.log2_lr[1] + 1))
-    base = base_model(args.seq_len)
+    base = base_model(args.seq_len, args.init_std, args.output_mult)
 
     def model(width: int, param: str) -> ModelConfig:
         return model_config(base, d_model=width, parametrization=param,
@@ -153,13 +161,14 @@ def main() -> None:
     small_sweep = len(runs["mup"][small]) * flops(model(small, "mup"), tokens)
     large_run = flops(model(large, "mup"), tokens)
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(runs, best, args.out / "mup_transfer.png")
+    plot(runs, best, args.out / f"{args.name}.png")
     result = {
         "date": dt.date.today().isoformat(),
         "device": f"{platform.machine()}, CPU only, {args.threads} thread(s)",
         "wall_s": round(time.time() - t0, 1),
         "setup": {"widths": args.widths, "base_width": args.base_width, "n_layers": base.n_layers,
-                  "n_heads": base.n_heads, "vocab_size": VOCAB, "seq_len": args.seq_len,
+                  "n_heads": base.n_heads, "vocab_size": VOCAB, "init_std": base.init_std,
+                  "output_mult": base.output_mult, "seq_len": args.seq_len,
                   "batch_size": args.batch_size, "steps": args.steps, "tokens_per_run": tokens,
                   "optimizer": "adamw, betas (0.9, 0.95), weight_decay 0.1, clip 1.0",
                   "schedule": "warmup 10 steps, cosine to 0.1",
@@ -185,7 +194,7 @@ def main() -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mup_transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("best_log2_lr", "mup_best_lr_shift_steps", "sp_best_lr_shift_steps",
                                              "transfer", "wall_s")}, indent=2))
 

@@ -1,8 +1,9 @@
 """A scaling law from μP sweep runs, and the large run's loss predicted before it is read.
 
 Runs: μP models (the ``mup_transfer.py`` setup: 2 layers, 4 heads, seq_len 64, BPE 1024 of
-the shipped sample corpus, base width 128) at widths 64..512 and 25, 50 and 100 optimizer steps
-of 8 sequences (each budget a full cosine schedule), all at the learning rate the width-128 μP
+the shipped sample corpus, base width 128, output multiplier 4) at widths 64..512 and 25, 50
+and 100 optimizer steps of 8 sequences (each budget a full cosine schedule), all at the
+learning rate the width-128 μP
 sweep found best (``--log2-lr``; μP makes it the best at every width), each scored by its
 held-out loss on the same 128 sequences as ``mup_transfer.py``. ``L(N, D) = E + A/N^alpha +
 B/D^beta`` is fitted to them (``raylm.tune.scaling``: Huber on log-loss, bootstrap for the
@@ -14,7 +15,7 @@ loss is read: from ``--target-json`` (``mup_transfer.json``'s transferred run, t
 data, seed and learning rate, hence the same loss; the script waits for the file when it is
 started alongside ``mup_transfer.py``) when given, else by training it here.
 
-    python benchmarks/scaling_law.py [--log2-lr -10] [--target-json benchmarks/results/mup_transfer.json]
+    python benchmarks/scaling_law.py [--log2-lr -9] [--target-json benchmarks/results/mup_transfer.json]
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--target-width", type=int, default=1024)
     ap.add_argument("--target-steps", type=int, default=100)
-    ap.add_argument("--log2-lr", type=int, default=-10)
+    ap.add_argument("--log2-lr", type=int, default=-9, help="the best of the width-128 μP sweep (mup_transfer.json)")
     ap.add_argument("--base-width", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
