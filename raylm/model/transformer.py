@@ -165,6 +165,12 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
 
+    def reset_rope(self, device: torch.device | str | None = None) -> None:
+        """Recompute the rotary tables on ``device``, e.g. after weights were loaded with
+        ``load_state_dict(assign=True)`` into a model built on the meta device."""
+        cfg = self.cfg
+        self.rope_cos, self.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=device)
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every parameter and buffer in place, on whatever device they are (also

@@ -4,7 +4,9 @@
   ``torch.distributed.checkpoint.state_dict`` (the same call serves DDP, FSDP2 and one
   process) and written by rank 0; on restore every rank reads them and
   ``set_*_state_dict`` shards them again as the model is parallelised now.
-* ``state.json`` (rank 0): step, data position, spike-guard state, the config's fingerprint.
+* ``state.json`` (rank 0): step, data position, spike-guard state.
+* ``config.json`` (rank 0): the run's whole ``TrainConfig`` as a dict, so a checkpoint folder
+  alone rebuilds its model (``raylm.infer.checkpoint.load_model``) for eval and generation.
 * ``rng-rank{r}.pt`` (every rank): the torch, numpy and Python RNG states of that rank.
 * Under DeepSpeed, ``zero/`` instead of ``model.pt`` and ``optim.pt``: the engine's own
   checkpoint (``save_checkpoint``), each rank writing its ZeRO partition of the optimizer
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MODEL, OPTIM, STATE = "model.pt", "optim.pt", "state.json"
+MODEL, OPTIM, STATE, CONFIG = "model.pt", "optim.pt", "state.json", "config.json"
 DS_TAG = "zero"
 
 
@@ -55,25 +57,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], rank: int) -> None:
-    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it)."""
+def _write_json(folder: str, name: str, data: dict[str, Any]) -> None:
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], rank: int,
+         config: dict[str, Any] | None = None) -> None:
+    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it);
+    ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     os.makedirs(folder, exist_ok=True)
     if _is_deepspeed(model):
         model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
+    else:
+        model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
+        optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
         if rank == 0:
-            with open(os.path.join(folder, STATE), "w") as f:
-                json.dump(state, f, indent=2)
-        torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
-        return
-    model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+            torch.save(model_sd, os.path.join(folder, MODEL))
+            torch.save(optim_sd, os.path.join(folder, OPTIM))
     if rank == 0:
-        torch.save(model_sd, os.path.join(folder, MODEL))
-        torch.save(optim_sd, os.path.join(folder, OPTIM))
-        with open(os.path.join(folder, STATE), "w") as f:
-            json.dump(state, f, indent=2)
+        _write_json(folder, STATE, state)
+        if config is not None:
+            _write_json(folder, CONFIG, config)
     torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
 
 

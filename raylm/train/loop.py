@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         folder = local.new(step)
         state = {"step": step, "data": loader.position.state_dict(), "spike_guard": guard.state_dict()}
-        checkpoint.save(folder, model, optimizer, state, rank)
+        checkpoint.save(folder, model, optimizer, state, rank, config=config["train"])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
 

@@ -113,6 +113,31 @@ def test_metrics_checkpoints_and_tensorboard(runs):
     assert list((Path(run_dir(train_config(d))) / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_a_checkpoint_alone_rebuilds_the_trained_model(runs, shards):
+    """load_model(checkpoint) gives the FSDP2 run's final weights on one CPU process: its loss on
+    the first training batch is the trained one, far below the untrained model's."""
+    import torch
+
+    from raylm.data.loader import TrainBatches
+    from raylm.infer.checkpoint import CheckpointError, load_model, resolve_checkpoint
+    from raylm.model import Transformer
+
+    d, result = runs["fsdp"]
+    model, cfg, state = load_model(result.checkpoint.path)
+    assert state["step"] == STEPS and cfg.model.vocab_size == VOCAB and cfg.scale.strategy == "fsdp2"
+    assert resolve_checkpoint(run_dir(train_config(d))) == Path(result.checkpoint.path)  # latest of the run
+    with TrainBatches(shards, 8, 0, 1, None, seed=0, window=64, prefetch=0) as batches:
+        b = next(batches)
+    inputs = {k: b[k] for k in ("input_ids", "position_ids", "cu_seqlens", "max_seqlen")}
+    with torch.no_grad():
+        trained = float(model(**inputs, labels=b["labels"])[1])
+        torch.manual_seed(3)
+        untrained = float(Transformer(cfg.model)(**inputs, labels=b["labels"])[1])
+    assert trained < untrained - 0.5 and untrained == pytest.approx(np.log(VOCAB), rel=0.05)
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        load_model(shards)
+
+
 def test_killed_worker_resumes_from_checkpoint_with_the_same_loss_curve(runs, shards, tmp_path, monkeypatch):
     """Rank 1's process is killed (os._exit) at step 5; Ray restarts the workers from the
     step-3 checkpoint; the finished curve equals the uninterrupted 2-worker DDP run."""

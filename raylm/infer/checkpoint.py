@@ -1,0 +1,74 @@
+"""Rebuild a trained model from a Ray Train checkpoint folder, on one device, for eval and generation.
+
+A checkpoint written by ``raylm train`` holds ``config.json`` (the run's ``TrainConfig``) and
+``model.pt`` (the full state dict), or a DeepSpeed ``zero/`` folder, which DeepSpeed's own
+``zero_to_fp32`` consolidates. Given a run folder instead, the checkpoint with the highest step
+in it is used, so ``raylm eval runs/NAME`` means "the latest checkpoint of that run".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from raylm.model import Transformer
+from raylm.train.checkpoint import CONFIG, DS_TAG, MODEL, STATE
+from raylm.train.config import TrainConfig, train_config
+
+
+class CheckpointError(ValueError):
+    """A path that is not a raylm checkpoint (or run folder holding one)."""
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    return (folder / STATE).is_file() and ((folder / MODEL).is_file() or (folder / DS_TAG).is_dir())
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a checkpoint folder, else its checkpoint with the highest step."""
+    folder = Path(path)
+    if not folder.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    if _is_checkpoint(folder):
+        return folder
+    found = [p for p in folder.iterdir() if p.is_dir() and _is_checkpoint(p)]
+    if not found:
+        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE} with {MODEL} or {DS_TAG}/) "
+                              "and no checkpoint inside it")
+    return max(found, key=lambda p: (json.loads((p / STATE).read_text())["step"], p.name))
+
+
+def read_config(folder: Path) -> TrainConfig:
+    for candidate in (folder / CONFIG, folder.parent / CONFIG):  # the run folder's copy for older checkpoints
+        if candidate.is_file():
+            return train_config(json.loads(candidate.read_text()), str(candidate))
+    raise CheckpointError(f"{folder}: no {CONFIG} in the checkpoint or its run folder")
+
+
+def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / MODEL).is_file():
+        return torch.load(folder / MODEL, map_location="cpu", weights_only=True)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG)
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[Transformer, TrainConfig, dict]:
+    """The model of checkpoint (or run folder) ``path`` in eval mode, its ``TrainConfig`` and
+    its ``state.json`` (``step``, data position)."""
+    folder = resolve_checkpoint(path)
+    cfg = read_config(folder)
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    model.load_state_dict(_state_dict(folder), assign=True)
+    model.reset_rope()  # the buffers are still on the meta device
+    model.to(device=device, dtype=dtype)
+    model.reset_rope(device)  # float32 rotary tables whatever ``dtype``, as in training
+    model.eval()
+    state = json.loads((folder / STATE).read_text())
+    return model, cfg, state
