@@ -116,7 +116,8 @@ def _eval(args: argparse.Namespace) -> int:
         sets.append(s)
     out = evaluate(model, sets, batch_size=args.batch_size or cfg.eval.batch_size or cfg.micro_batch_size,
                    device=args.device, transform=batch_transform(cfg))
-    report = {"checkpoint": str(args.checkpoint), "step": state["step"], "objective": cfg.objective, "metrics": out}
+    report = {"checkpoint": str(args.checkpoint), "step": state["step"], "objective": cfg.objective,
+              "sets": {s.name: s.path for s in sets}, "metrics": out}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     if args.json:

@@ -59,7 +59,7 @@ class HeldOutConfig:
 
     def validate(self) -> None:
         if not 0.0 < self.fraction < 1.0:
-            raise ConfigError(f"val.fraction: {self.fraction} must be between 0 and 1 (exclusive)")
+            raise ConfigError(f"fraction: {self.fraction} must be between 0 and 1 (exclusive)")
 
 
 def held_out(texts: list[str | None], cfg: HeldOutConfig) -> np.ndarray:

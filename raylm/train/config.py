@@ -107,13 +107,12 @@ class EvalConfig:
 
     def validate(self) -> None:
         if self.every < 0 or self.max_sequences < 0:
-            raise ConfigError(f"eval.every ({self.every}) and eval.max_sequences ({self.max_sequences}) "
-                              "must be >= 0")
+            raise ConfigError(f"every ({self.every}) and max_sequences ({self.max_sequences}) must be >= 0")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"eval.batch_size: {self.batch_size} must be >= 1")
+            raise ConfigError(f"batch_size: {self.batch_size} must be >= 1")
         for name in self.sets:
             if not _SET_NAME.match(name) or name == "lang":
-                raise ConfigError(f"eval.sets.{name}: a set name is letters, digits, '_', '.', '-' "
+                raise ConfigError(f"sets.{name}: a set name is letters, digits, '_', '.', '-' "
                                   "(and not 'lang', which names the per-language metrics)")
 
 
@@ -290,7 +289,7 @@ class TrainConfig:
             try:
                 self.mlm_config().validate()
             except ConfigError as exc:
-                raise ConfigError(f"mlm: {exc}") from None
+                raise ConfigError(f"mlm (with model.vocab_size {self.model.vocab_size}): {exc}") from None
         elif not self.model.causal:
             raise ConfigError(f"objective: {self.objective} predicts the next token, which an encoder "
                               "(model.causal: false) sees; use a causal model or objective: mlm")

@@ -39,7 +39,10 @@ from raylm.train.parallel import autocast, unwrap
 
 @dataclasses.dataclass(frozen=True)
 class EvalContext:
+    """What a hook is told about the evaluation it runs in."""
+
     step: int
+    """Optimizer steps done (0: before the first, ``eval.at_start``)."""
     rank: int
     world_size: int
     device: torch.device

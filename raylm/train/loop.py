@@ -183,14 +183,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
 
+    transform = batch_transform(cfg)
+    evaluator = Evaluator(cfg, rank, world, device, precision)  # loads its sets: before the loader's thread
     # the ranks of one tensor-parallel group read the same batches
     loader = _loader(cfg, rank // sc.tensor_parallel, sc.data_parallel, position)
     seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
     lengths = LengthSchedule([tuple(p) for p in cfg.data.seq_len_schedule]) if cfg.data.seq_len_schedule else None
     mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
     seq_len: int | None = None
-    transform = batch_transform(cfg)
-    evaluator = Evaluator(cfg, rank, world, device, precision)
     try:
         if step == 0 and evaluator.due(0):
             start = {"step": 0, **evaluator(model, 0)}

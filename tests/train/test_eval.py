@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylm.cli import main
-from raylm.config import ConfigError
+from raylm.config import ConfigError, from_dict
 from raylm.data.prepare import HeldOutConfig, PrepareConfig, held_out, prepare
 from raylm.data.shards import UNIT_SHIFT, read_manifest
 from raylm.data.tokenizer import EOS_ID, TokenizerConfig, load_tokenizer, train_from_iterator
@@ -76,8 +76,8 @@ def test_held_out_split_is_a_function_of_the_document_alone():
     assert (np.concatenate([held_out(texts[i:i + 7], VAL) for i in range(0, len(texts), 7)]) == chosen).all()
     other = held_out(texts, HeldOutConfig(fraction=0.15, seed=2))
     assert 0.05 < (other & chosen).sum() / chosen.sum() < 0.3  # another seed: another, independent set
-    with pytest.raises(ConfigError, match="val.fraction"):
-        HeldOutConfig(fraction=1.0).validate()
+    with pytest.raises(ConfigError, match="val: fraction: 1.0 must be between 0 and 1"):
+        from_dict(PrepareConfig, {"tokenizer": "t.model", "sources": {"a": ["x"]}, "val": {"fraction": 1.0}})
 
 
 def test_prepare_writes_a_disjoint_val_split_with_languages(prepared):
@@ -234,7 +234,10 @@ def test_raylm_eval_prints_the_in_training_numbers(fim_runs, prepared, tmp_path,
     assert main(["eval", run, "--data", *folders, "-o", str(tmp_path / "e.json")]) == 0
     text = capsys.readouterr().out
     final = next(r for r in rows if r["step"] == STEPS)
-    assert f"step {STEPS}" in text and f"{final['val/lang/ko/loss']:.4f}" in text
+    table = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:]}
+    assert f"step {STEPS}" in text and set(table) >= {"val", "val/books", "val/web/fim_middle", "val/lang/ko"}
+    for group, (loss, _ppl, tokens) in table.items():
+        assert float(loss) == pytest.approx(final[f"{group}/loss"], abs=6e-5) and int(tokens) == final[f"{group}/tokens"]
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["step"] == STEPS and report["objective"] == "fim"
     for k, v in report["metrics"].items():
@@ -319,7 +322,13 @@ def test_wrong_objective_combinations_are_config_errors(prepared, tmp_path, caps
         train_config({**base, "objective": "mlm"})
     with pytest.raises(ConfigError, match="objective: causal predicts the next token"):
         train_config({**base, "objective": "causal", "model": {**base["model"], "causal": False}})
-    with pytest.raises(ConfigError, match="eval.sets.lang"):
+    encoder = {**base["model"], "causal": False}
+    with pytest.raises(ConfigError, match="mlm \\(with model.vocab_size 8\\): vocab_size: 8 leaves no non-special"):
+        train_config({**base, "objective": "mlm", "model": {**encoder, "vocab_size": 8}})
+    with pytest.raises(ConfigError, match="objective: mlm does not take data.seq_len_schedule"):
+        train_config({**base, "objective": "mlm", "model": encoder,
+                      "data": {**base["data"], "seq_len_schedule": [[0, 32]]}})
+    with pytest.raises(ConfigError, match="eval: sets.lang: a set name"):
         train_config({**base, "eval": {"sets": {"lang": "x"}}})
     # fim on shards prepared without FIM: one line naming the folder, before any worker starts
     from raylm.data.shards import write_token_shards
