@@ -218,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prepare", help="tokenize, pack and write token shards per source for training")
     r.add_argument("-c", "--config", help="YAML PrepareConfig (tokenizer, seq_len, sources, fim, ...)")
-    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet")
+    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet (and OUT/<source>/val/ with val:)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--overwrite", action="store_true", help="replace existing shards")
     r.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
