@@ -204,20 +204,33 @@ def _check_text_field(path: str, text_field: str) -> None:
         raise InputError(f"{path}: no {text_field!r} column (columns: {', '.join(names)})")
 
 
+def _read_dataset(cfg: PrepareConfig, files: list[str], split: Split):
+    import ray
+
+    ds = ray.data.from_items([{"path": p, "unit": i} for i, p in enumerate(files)],
+                             override_num_blocks=max(1, len(files)))
+    return ds.map_batches(_read_file, batch_size=1, batch_format="pyarrow",
+                          fn_kwargs={"text_field": cfg.text_field, "batch_rows": cfg.batch_size, "split": split,
+                                     "val": cfg.val, "lang_field": cfg.lang_field}, **cfg.ray.remote_args)
+
+
 def build_source_dataset(cfg: PrepareConfig, files: list[str], split: Split = "all"):
     """The lazy plan of one source's ``split``: read per file -> tokenize (+FIM) in an actor pool."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     tok_cfg = TokenizeConfig(model=cfg.tokenizer, add_bos=cfg.add_bos, add_eos=True)
-    ds = ray.data.from_items([{"path": p, "unit": i} for i, p in enumerate(files)],
-                             override_num_blocks=max(1, len(files)))
-    ds = ds.map_batches(_read_file, batch_size=1, batch_format="pyarrow",
-                        fn_kwargs={"text_field": cfg.text_field, "batch_rows": cfg.batch_size, "split": split,
-                                   "val": cfg.val, "lang_field": cfg.lang_field}, **cfg.ray.remote_args)
-    return ds.map_batches(TokenizeFIM, fn_constructor_args=(tok_cfg, cfg.fim, split == "val"), batch_format="pyarrow",
+    return _read_dataset(cfg, files, split).map_batches(TokenizeFIM, fn_constructor_args=(tok_cfg, cfg.fim, split == "val"), batch_format="pyarrow",
                           batch_size=cfg.batch_size,
                           compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size), **cfg.ray.remote_args)
+
+
+def _split_data(cfg: PrepareConfig, files: list[str], split: Split):
+    """What ``write_token_shards`` packs for ``split``: the source's plan, or no tables when no
+    document falls in the split (a small source, a small fraction), which Ray Data's groupby
+    cannot shuffle; a streaming read that stops at the first document of the split tells."""
+    if split != "all" and not _read_dataset(cfg, files, split).take(1):
+        return []
+    return build_source_dataset(cfg, files, split)
 
 
 def _partitions(num_files: int) -> int:
@@ -253,13 +266,13 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
                   "remote_args": cfg.ray.remote_args}
         extra = {"inputs": paths, "config": to_dict(cfg)}
         split_keys = {"split": "train", "val": VAL_DIR} if cfg.val else {}
-        manifest = write_token_shards(build_source_dataset(cfg, paths, "train" if cfg.val else "all"),
+        manifest = write_token_shards(_split_data(cfg, paths, "train" if cfg.val else "all"),
                                       f"{out}/{name}", cfg.seq_len, drop_tail=cfg.drop_tail,
                                       extra={**extra, **split_keys}, **common)
         summary["sources"][name] = {k: manifest[k] for k in keys}
         summary["sources"][name]["path"] = f"{out}/{name}"
         if cfg.val:
-            val = write_token_shards(build_source_dataset(cfg, paths, "val"), f"{out}/{name}/{VAL_DIR}", cfg.seq_len,
+            val = write_token_shards(_split_data(cfg, paths, "val"), f"{out}/{name}/{VAL_DIR}", cfg.seq_len,
                                      drop_tail=False, lang_column=LANG_COLUMN, extra={**extra, "split": "val"},
                                      middle_column=MIDDLE_COLUMN if cfg.fim else None,
                                      **common)

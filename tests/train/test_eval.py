@@ -35,8 +35,8 @@ FIM = FIMConfig(rate=0.5, spm_rate=0.5, seed=2)
 
 @pytest.fixture(scope="module")
 def prepared(ray_session, tmp_path_factory) -> dict:
-    """Curated Parquet (id, text, lang) per source in two files, a 1024-piece BPE, and
-    ``prepare`` with a 15% held-out split and FIM at rate 0.5."""
+    """Curated Parquet (id, text, lang) per source in two files (and a one-document source), a
+    1024-piece BPE, and ``prepare`` with a 15% held-out split and FIM at rate 0.5."""
     tmp = tmp_path_factory.mktemp("eval")
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
@@ -48,11 +48,15 @@ def prepared(ray_session, tmp_path_factory) -> dict:
         for i, part in enumerate(files[name]):
             pq.write_table(pa.table({k: [d[k] for d in part] for k in ("id", "text", "lang")}),
                            tmp / "curated" / name / f"part-{i}.parquet")
+    # a one-document source whose document is not held out: its val split is empty
+    tiny = next(d for d in docs if not held_out([d["text"]], VAL)[0])
+    (tmp / "curated" / "tiny").mkdir(parents=True)
+    pq.write_table(pa.table({k: [tiny[k]] for k in ("id", "text", "lang")}), tmp / "curated" / "tiny" / "part-0.parquet")
     lines = [x for d in docs for x in d["text"].splitlines() if x.strip()]
     model = str(train_from_iterator(lines[::2], str(tmp / "tok"),
                                     TokenizerConfig(vocab_size=VOCAB, num_threads=1, character_coverage=0.98)))
     cfg = PrepareConfig(tokenizer=model, seq_len=SEQ_LEN, batch_size=64, rows_per_shard=1000, val=VAL, fim=FIM,
-                        sources={name: [str(tmp / "curated" / name)] for name in SOURCES})
+                        sources={name: [str(tmp / "curated" / name)] for name in (*SOURCES, "tiny")})
     summary = prepare(cfg, str(tmp / "tokens"))
     return {"root": tmp, "tokens": tmp / "tokens", "files": files, "model": model, "summary": summary}
 
@@ -128,6 +132,20 @@ def test_prepare_writes_a_disjoint_val_split_with_languages(prepared):
         assert len(seen) == train_m["num_sequences"] // 4 * 4  # the nested val/ is not read
     val_langs = {x for name in SOURCES for row in stream(prepared["tokens"] / name / "val")[2] for x in row}
     assert {"en", "ko"} <= val_langs
+
+
+def test_an_empty_split_is_an_empty_set(prepared):
+    """A source too small to hold anything out gets an empty val split (a manifest, no shards),
+    which evaluates to no numbers rather than an error."""
+    from raylm.infer.evaluate import evaluate, load_set
+    from raylm.model import ModelConfig, Transformer
+
+    tiny = prepared["tokens"] / "tiny"
+    assert read_manifest(str(tiny))["documents"] == 1 and prepared["summary"]["sources"]["tiny"]["val"]["documents"] == 0
+    assert read_manifest(str(tiny / "val"))["shards"] == []
+    empty = load_set("tiny", str(tiny / "val"), 16)
+    assert len(empty) == 0
+    assert evaluate(Transformer(ModelConfig(vocab_size=VOCAB, max_seq_len=SEQ_LEN)), [empty]) == {}
 
 
 def run_config(prepared: dict, storage: Path, name: str, **kw) -> dict:
@@ -207,7 +225,8 @@ def test_eval_leaves_training_exactly_as_without_it(fim_runs):
 
 
 def checkpoint_at(run: str, step: int) -> Path:
-    return next(p for p in Path(run).glob("checkpoint_*") if json.loads((p / "state.json").read_text())["step"] == step)
+    return next(p for p in Path(run).glob("checkpoint_*/")
+                if (p / "state.json").is_file() and json.loads((p / "state.json").read_text())["step"] == step)
 
 
 def test_eval_equals_a_single_process_recomputation(fim_runs, prepared):
