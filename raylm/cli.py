@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``plan``, ``tune``,
-``mup coord-check``, ``schedules``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``plan``,
+``tune``, ``mup coord-check``, ``schedules``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -81,12 +81,55 @@ def _train(args: argparse.Namespace) -> int:
     folder = run_dir(cfg)
     rows = read_metrics(folder) if folder else []
     for row in rows:
-        print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
-              f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
+        if "loss" in row:  # not the step-0 row of eval.at_start
+            print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+                  f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
+    held_out = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/") and k.endswith("/loss")}
+    if held_out:
+        print("held-out loss: " + ", ".join(f"{k.removesuffix('/loss')} {v:.4f}" for k, v in held_out.items()))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     if folder:
         print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")
     return 0 if result.error is None else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.infer.evaluate import evaluate, load_set, source_name
+    from raylm.train.objective import batch_transform
+
+    try:
+        model, cfg, state = load_model(args.checkpoint, device=args.device)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    max_sequences = cfg.eval.max_sequences if args.max_sequences is None else args.max_sequences
+    sets = []
+    for spec in args.data:
+        name, folder = spec.split("=", 1) if "=" in spec else ("", spec)
+        if "://" not in folder and not Path(folder).is_dir():
+            raise InputError(f"--data: {folder}: no such folder")
+        s = load_set(name or source_name(folder), folder, max_sequences)
+        if s.name in {x.name for x in sets}:
+            raise InputError(f"--data: two sets are named {s.name!r}; name them with NAME=FOLDER")
+        sets.append(s)
+    out = evaluate(model, sets, batch_size=args.batch_size or cfg.eval.batch_size or cfg.micro_batch_size,
+                   device=args.device, transform=batch_transform(cfg))
+    report = {"checkpoint": str(args.checkpoint), "step": state["step"], "objective": cfg.objective,
+              "sets": {s.name: s.path for s in sets}, "metrics": out}
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.checkpoint}: step {state['step']}, objective {cfg.objective}")
+    print(f"{'set':<28} {'loss':>9} {'ppl':>11} {'tokens':>10}")
+    for key in out:
+        if key.endswith("/loss"):
+            group = key.removesuffix("/loss")
+            print(f"{group:<28} {out[key]:>9.4f} {out[group + '/ppl']:>11.2f} {out[group + '/tokens']:>10}")
+    return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -175,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prepare", help="tokenize, pack and write token shards per source for training")
     r.add_argument("-c", "--config", help="YAML PrepareConfig (tokenizer, seq_len, sources, fim, ...)")
-    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet")
+    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet (and OUT/<source>/val/ with val:)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--overwrite", action="store_true", help="replace existing shards")
     r.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
@@ -187,6 +230,18 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
     tr.add_argument("--from-sweep", metavar="BEST_JSON", help="apply a sweep's best values (μP: at a new width)")
     tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
+    ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
+                    help="token-shard folders (e.g. OUT/<source>/val), or NAME=FOLDER")
+    ev.add_argument("--max-sequences", type=int, default=None,
+                    help="sequences per set, evenly spaced (default: the run's eval.max_sequences; 0: all)")
+    ev.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default: the run's)")
+    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("-o", "--output", help="also write the JSON to this file")
+    ev.set_defaults(func=_eval)
 
     tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA) over train runs, e.g. μP at a small width")
     tu.add_argument("-c", "--config", required=True, help="sweep YAML (tune/*.yaml)")
