@@ -41,6 +41,9 @@ class LayerCache(NamedTuple):
     """Values, laid out as ``k``."""
     start: int
     """Tokens already cached: the position of the first new token."""
+    mask: torch.Tensor | None
+    """``(T, start + T)`` bool, True where new token ``i`` may attend (keys ``0..start+i``);
+    None for one new token, which sees every cached key."""
 
 
 class KVCache:
@@ -54,6 +57,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self._mask: tuple[tuple[int, int], torch.Tensor] | None = None  # built once per forward, not per layer
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, batch_size: int, max_len: int, *, n_layers: int | None = None,
@@ -69,8 +73,20 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def layer(self, i: int) -> LayerCache:
-        return LayerCache(self.k[i], self.v[i], self.length)
+    def layer(self, i: int, new_tokens: int) -> LayerCache:
+        """Layer ``i``'s cache for a forward of ``new_tokens`` tokens."""
+        return LayerCache(self.k[i], self.v[i], self.length, self._causal_mask(new_tokens))
+
+    def _causal_mask(self, T: int) -> torch.Tensor | None:
+        if T == 1:
+            return None
+        key = (self.length, T)
+        if self._mask is None or self._mask[0] != key:
+            device = self.k.device
+            # new token i sits at position length + i and sees keys 0..length+i
+            mask = torch.arange(self.length + T, device=device)[None] <= self.length + torch.arange(T, device=device)[:, None]
+            self._mask = (key, mask)  # (T, length + T)
+        return self._mask[1]
 
     def advance(self, n: int) -> None:
         """Count ``n`` more tokens as cached (after every layer has written them)."""
@@ -112,10 +128,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: L
     keys = cache.k[:, :end].to(q.dtype).transpose(1, 2)  # (B, Hkv, start+T, D)
     values = cache.v[:, :end].to(q.dtype).transpose(1, 2)
     q = q.transpose(1, 2)  # (B, H, T, D)
-    # new token i sits at position start + i and sees keys 0..start+i
-    mask = None
-    if T > 1:
-        mask = torch.arange(end, device=q.device)[None] <= start + torch.arange(T, device=q.device)[:, None]  # (T, end)
+    mask = cache.mask
     if backend == "eager":
         keys = keys.repeat_interleave(H // Hkv, dim=1)  # (B, H, end, D)
         values = values.repeat_interleave(H // Hkv, dim=1)

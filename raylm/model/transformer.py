@@ -273,7 +273,7 @@ class Transformer(nn.Module):
         ids of the tokens ``depth`` ahead of those positions, ``next_ids`` ``(B, T)``."""
         module = self.mtp[depth - 1]
         cos, sin, _ = self._layout(next_ids, None, None, None, cache)
-        h, out = module(hidden, self.embed(next_ids), cos, sin, cache=cache.layer(0))
+        h, out = module(hidden, self.embed(next_ids), cos, sin, cache=cache.layer(0, next_ids.shape[1]))
         cache.advance(next_ids.shape[1])
         return h, self.readout(out)
 
@@ -311,7 +311,7 @@ class Transformer(nn.Module):
     def _blocks(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: dict,
                 cache: KVCache | None) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, **layout, **({"cache": cache.layer(i)} if cache is not None else {}))
+            h = layer(h, cos, sin, **layout, **({"cache": cache.layer(i, h.shape[1])} if cache is not None else {}))
         if cache is not None:
             cache.advance(h.shape[1])
         return h

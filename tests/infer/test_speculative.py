@@ -28,7 +28,7 @@ def cyclic() -> tuple[Transformer, list[int]]:
     cycle = torch.randperm(VOCAB)[:PERIOD]
     model = Transformer(cfg())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    for _ in range(40):
         offsets = torch.randint(0, PERIOD, (8, 1))
         ids = cycle[(offsets + torch.arange(L)) % PERIOD]  # (8, L)
         labels = torch.cat([ids[:, 1:], torch.full((8, 1), IGNORE_INDEX)], 1)

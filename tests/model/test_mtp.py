@@ -98,6 +98,14 @@ def test_num_params_and_flops_count_the_mtp_modules(cfg):
     assert cfg.flops_per_token(64) - base.flops_per_token(64) == 6 * (cfg.mtp_params + D * V * d) + 12 * D * d * 64
 
 
+def test_the_planner_counts_the_mtp_parameters():
+    from raylm.plan import memory, plan_config
+
+    model = {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "mtp_heads": 2}
+    p = memory(plan_config({"model": model, "num_gpus": 1, "precision": "fp32"}), "ddp", "none")
+    assert p["parameters"] == 4 * ModelConfig(**model).num_params()
+
+
 def test_mup_scales_the_mtp_matrices_too():
     cfg = small(parametrization="mup", base_width=16)  # width_mult 2
     lr = {n: g["lr"] for g in build_optimizer(Transformer(cfg), OptimConfig(lr=1e-2), mup_lr_scale(cfg)).param_groups
@@ -126,7 +134,7 @@ def test_mtp_losses_fall_in_training():
     layout = {k: batch[k] for k in ("position_ids", "cu_seqlens", "max_seqlen")}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     history = []
-    for _ in range(30):
+    for _ in range(15):
         logits, drafts = model(batch["input_ids"], mtp=True, **layout)
         sums = model.mtp_loss_sums(drafts, batch["labels"])
         counts = [int((mtp_labels(batch["labels"], k) != IGNORE_INDEX).sum()) for k in (1, 2)]
@@ -136,4 +144,4 @@ def test_mtp_losses_fall_in_training():
         optimizer.zero_grad()
         history.append([float(x.detach()) for x in losses])
     for depth in range(3):
-        assert history[-1][depth] < history[0][depth] - 1.0, (depth, history[0], history[-1])
+        assert history[-1][depth] < history[0][depth] - 2.0, (depth, history[0], history[-1])
