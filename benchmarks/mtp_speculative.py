@@ -160,6 +160,10 @@ def main() -> None:
             "wall_s": round(wall[key], 4), "cpu_s": round(cpu[key], 4), "tokens_per_s": round(produced / wall[key], 1),
             "speedup_vs_greedy": round(wall["greedy"] / wall[key], 4),
             "cpu_speedup_vs_greedy": round(cpu["greedy"] / cpu[key], 4),
+            # speed-up = tokens_per_forward / this: what a draft-and-verify round costs in
+            # plain greedy steps (CPU time)
+            "round_cost_in_greedy_steps": round((cpu[key] / forwards) / (cpu["greedy"] / sum(g.forwards for g in plain)),
+                                                4),
         }
         print(f"depth {depth}: acceptance {accepted / drafted:.3f}, {produced / forwards:.2f} tokens/forward, "
               f"{wall['greedy'] / wall[key]:.2f}x greedy's wall-clock speed ({cpu['greedy'] / cpu[key]:.2f}x in CPU time)",
