@@ -96,34 +96,17 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from raylm.infer.checkpoint import CheckpointError, load_model
-    from raylm.infer.evaluate import evaluate, load_set, source_name
-    from raylm.train.objective import batch_transform
+    from raylm.infer.evaluate import evaluate_checkpoint
 
-    try:
-        model, cfg, state = load_model(args.checkpoint, device=args.device)
-    except CheckpointError as exc:
-        raise InputError(str(exc)) from None
-    max_sequences = cfg.eval.max_sequences if args.max_sequences is None else args.max_sequences
-    sets = []
-    for spec in args.data:
-        name, folder = spec.split("=", 1) if "=" in spec else ("", spec)
-        if "://" not in folder and not Path(folder).is_dir():
-            raise InputError(f"--data: {folder}: no such folder")
-        s = load_set(name or source_name(folder), folder, max_sequences)
-        if s.name in {x.name for x in sets}:
-            raise InputError(f"--data: two sets are named {s.name!r}; name them with NAME=FOLDER")
-        sets.append(s)
-    out = evaluate(model, sets, batch_size=args.batch_size or cfg.eval.batch_size or cfg.micro_batch_size,
-                   device=args.device, transform=batch_transform(cfg))
-    report = {"checkpoint": str(args.checkpoint), "step": state["step"], "objective": cfg.objective,
-              "sets": {s.name: s.path for s in sets}, "metrics": out}
+    report = evaluate_checkpoint(args.checkpoint, args.data, max_sequences=args.max_sequences,
+                                 batch_size=args.batch_size, device=args.device)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.checkpoint}: step {state['step']}, objective {cfg.objective}")
+    out = report["metrics"]
+    print(f"{args.checkpoint}: step {report['step']}, objective {report['objective']}")
     print(f"{'set':<28} {'loss':>9} {'ppl':>11} {'tokens':>10}")
     for key in out:
         if key.endswith("/loss"):
