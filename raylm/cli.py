@@ -1,5 +1,5 @@
 """The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``plan``,
-``tune``, ``mup coord-check``, ``schedules``, ``demo``.
+``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -171,6 +171,19 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.recipe import RecipeConfig, run_recipe
+
+    cfg = load(RecipeConfig, args.config, args.set)
+    report = run_recipe(cfg, args.output)
+    print(json.dumps({k: report[k] for k in ("curate", "tokenizer", "train", "eval") if k in report},
+                     indent=2, ensure_ascii=False))
+    print(f"wrote {args.output}/recipe.json")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -258,6 +271,12 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--warmup", type=int, default=500)
     sc.add_argument("--lr", type=float, default=3e-4)
     sc.set_defaults(func=_schedules)
+
+    rc = sub.add_parser("recipe", help="curate -> tokenizer -> prepare -> train -> eval, from one YAML")
+    rc.add_argument("-c", "--config", required=True, help="recipe YAML (e.g. jobs/configs/recipe_ko.yaml)")
+    rc.add_argument("-o", "--output", required=True, help="output folder: curated/, tokenizer/, tokens/, train/")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    rc.set_defaults(func=_recipe)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")
