@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``generate``, ``plan``,
-``tune``, ``mup coord-check``, ``schedules``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
+``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -81,8 +81,12 @@ def _train(args: argparse.Namespace) -> int:
     folder = run_dir(cfg)
     rows = read_metrics(folder) if folder else []
     for row in rows:
-        print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
-              f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
+        if "loss" in row:  # not the step-0 row of eval.at_start
+            print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+                  f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
+    held_out = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/") and k.endswith("/loss")}
+    if held_out:
+        print("held-out loss: " + ", ".join(f"{k.removesuffix('/loss')} {v:.4f}" for k, v in held_out.items()))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     if folder:
         print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")
@@ -120,6 +124,28 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"speculative: {gen.accepted}/{gen.drafted} drafts accepted (acceptance rate "
               f"{gen.acceptance_rate:.3f}), {gen.tokens_per_forward:.3f} tokens per main-model forward "
               f"({gen.produced} tokens, {gen.forwards} forwards)", file=sys.stderr)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.infer.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, max_sequences=args.max_sequences,
+                                 batch_size=args.batch_size, device=args.device)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    out = report["metrics"]
+    print(f"{args.checkpoint}: step {report['step']}, objective {report['objective']}")
+    print(f"{'set':<28} {'loss':>9} {'ppl':>11} {'tokens':>10}")
+    for key in out:
+        if key.endswith("/loss"):
+            group = key.removesuffix("/loss")
+            print(f"{group:<28} {out[key]:>9.4f} {out[group + '/ppl']:>11.2f} {out[group + '/tokens']:>10}")
     return 0
 
 
@@ -179,6 +205,19 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.recipe import RecipeConfig, run_recipe
+
+    cfg = load(RecipeConfig, args.config, args.set)
+    report = run_recipe(cfg, args.output)
+    print(json.dumps({k: report[k] for k in ("curate", "tokenizer", "train", "eval") if k in report},
+                     indent=2, ensure_ascii=False))
+    print(f"wrote {args.output}/recipe.json")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -209,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prepare", help="tokenize, pack and write token shards per source for training")
     r.add_argument("-c", "--config", help="YAML PrepareConfig (tokenizer, seq_len, sources, fim, ...)")
-    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet")
+    r.add_argument("-o", "--output", required=True, help="output folder or URI: writes OUT/<source>/shard-*.parquet (and OUT/<source>/val/ with val:)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--overwrite", action="store_true", help="replace existing shards")
     r.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
@@ -237,6 +276,17 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", action="store_true",
                    help="greedy decoding drafted by the model's MTP heads; prints the acceptance rate to stderr")
     g.set_defaults(func=_generate)
+    ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
+    ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
+                    help="token-shard folders (e.g. OUT/<source>/val), or NAME=FOLDER")
+    ev.add_argument("--max-sequences", type=int, default=None,
+                    help="sequences per set, evenly spaced (default: the run's eval.max_sequences; 0: all)")
+    ev.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default: the run's)")
+    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("-o", "--output", help="also write the JSON to this file")
+    ev.set_defaults(func=_eval)
 
     tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA) over train runs, e.g. μP at a small width")
     tu.add_argument("-c", "--config", required=True, help="sweep YAML (tune/*.yaml)")
@@ -270,6 +320,12 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--warmup", type=int, default=500)
     sc.add_argument("--lr", type=float, default=3e-4)
     sc.set_defaults(func=_schedules)
+
+    rc = sub.add_parser("recipe", help="curate -> tokenizer -> prepare -> train -> eval, from one YAML")
+    rc.add_argument("-c", "--config", required=True, help="recipe YAML (e.g. jobs/configs/recipe_ko.yaml)")
+    rc.add_argument("-o", "--output", required=True, help="output folder: curated/, tokenizer/, tokens/, train/")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    rc.set_defaults(func=_recipe)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")

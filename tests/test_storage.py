@@ -88,3 +88,39 @@ def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):  #
 def test_storage_endpoint_must_be_a_url():
     with pytest.raises(ConfigError, match="storage_endpoint"):
         train_config({"data": {"path": "x"}, "storage_endpoint": "127.0.0.1:9000"})
+
+
+def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
+    """``raylm curate s3://... -o s3://...`` (a process with its own local Ray, the endpoint
+    in its environment as a job's runtime_env would set it), then the same command after its
+    stats.json is lost: it resumes from the per-file outputs kept in the bucket."""
+    import json
+    import subprocess
+    import sys
+
+    fs, root = storage.filesystem(f"s3://{BUCKET}/raw", s3)
+    for i in range(3):
+        with fs.open_output_stream(f"{root}/part-{i}.jsonl") as f:
+            f.write("".join(json.dumps({"id": f"{i}-{j}", "text": f"document {j} of file {i}, with some words"}) + "\n"
+                            for j in range(5)).encode())
+    with fs.open_output_stream(f"{root}/part-0-copy.jsonl") as f:
+        f.write((json.dumps({"id": "copy", "text": "document 1 of file 0, with some words"}) + "\n").encode())
+    cmd = [sys.executable, "-m", "raylm.cli", "curate", f"s3://{BUCKET}/raw", "-o", f"s3://{BUCKET}/curated",
+           "--set", "steps=[normalize, exact_dedup]", "--set", "keep_work=true", "--set", "ray.num_cpus=2"]
+    env = {**os.environ, storage.ENDPOINT_ENV: s3, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+    def curate() -> dict:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        with fs.open_input_stream(f"{BUCKET}/curated/stats.json") as f:
+            return json.loads(f.read())
+
+    first = curate()
+    assert (first["documents_in"], first["kept"]) == (16, 15) and first["conservation_ok"]
+    objects = _objects(s3, "curated")
+    assert sum(k.startswith("_work/files/") and k.endswith(".json") for k in objects) == 4
+    fs.delete_file(f"{BUCKET}/curated/stats.json")
+    second = curate()
+    assert second["resume"] == {"resumed": True, "files_done_before": 4, "files_curated": 0,
+                                "steps_reused": ["01-exact_dedup"]}
+    assert second["steps"] == first["steps"]

@@ -162,8 +162,24 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
           all_pairs_upto: int = 16) -> "ray.data.Dataset":
     """Run the four moves above; ``buckets_fn`` maps a batch to BUCKET_SCHEMA rows of its
     live documents and ``accept(counts)`` says which pairs (by shared-bucket count) are
-    duplicates (default: every pair)."""
-    ds = ds.materialize()  # upstream steps run here; the dedup is timed from now on
+    duplicates (default: every pair). The decision (removed keys, duplicate pairs) is kept in
+    the run's work folder, so a rerun after a kill marks the same documents without
+    recomputing it."""
+    decision = ctx.load_decision(step)
+    if decision is None:
+        ds = ds.materialize()  # upstream steps run here; the dedup is timed from now on
+        decision = _decide(ds, step, ctx, buckets_fn, accept, all_pairs_upto)
+        ctx.save_decision(step, decision)
+    sizes = decision["cluster_sizes"].column("size").to_numpy()
+    ctx.add_duplicates(decision["duplicates"], cluster_sizes=sizes)
+    keys_ref = ray.put(np.sort(decision["removed"].column("key").to_numpy()))
+    return ds.map_batches(mark_keys, batch_format="pyarrow", batch_size=ctx.batch_size,
+                          fn_kwargs={"keys_ref": keys_ref, "step": step, "reason": reason}, **ctx.remote_args)
+
+
+def _decide(ds: "ray.data.Dataset", step: str, ctx: Any, buckets_fn: Callable[[pa.Table], pa.Table],
+            accept: Callable[[np.ndarray], np.ndarray] | None, all_pairs_upto: int) -> dict[str, pa.Table]:
+    """Moves 1-3 and the (removed id, kept id, cluster) table, as the tables kept on disk."""
     t0 = time.perf_counter()
     pairs = shuffle_buckets(ds, ctx, step, buckets_fn, bucket_pairs, {"all_pairs_upto": all_pairs_upto})
     a, b = pairs.get("a", np.empty(0, np.int64)), pairs.get("b", np.empty(0, np.int64))
@@ -184,21 +200,21 @@ def dedup(ds: "ray.data.Dataset", *, step: str, reason: str, ctx: Any,
             ids.update(zip(t.column(S.KEY).to_pylist(), t.column(S.ID).to_pylist()))
     sel = nodes != root
     cluster_of = {r: i for i, r in enumerate(np.unique(root))}
-    ctx.add_duplicates(pa.table({
+    duplicates = pa.table({
         "step": pa.array([step] * int(sel.sum()), pa.string()),
         "removed_id": pa.array([ids.get(int(k)) for k in nodes[sel]], pa.string()),
         "kept_id": pa.array([ids.get(int(k)) for k in root[sel]], pa.string()),
         "cluster": pa.array([cluster_of[r] for r in root[sel]], pa.int64()),
-    }), cluster_sizes=np.bincount(np.searchsorted(np.unique(root), root)) if len(root) else np.empty(0, np.int64))
+    })
+    sizes = np.bincount(np.searchsorted(np.unique(root), root)) if len(root) else np.empty(0, np.int64)
     t_ids = time.perf_counter()
     log.info("%s: buckets and pairs %.1fs (%d pair rows), clusters %.1fs, ids %.1fs", step,
              t_pairs - t0, len(a), t_cc - t_pairs, t_ids - t_cc)
     ctx.stats_add(step, seconds=time.perf_counter() - t0,
                   counters={"candidate_pairs": int(len(counts)), "duplicate_pairs": int(len(lo)),
                             "clusters": int(len(cluster_of))})
-    keys_ref = ray.put(np.sort(removed))
-    return ds.map_batches(mark_keys, batch_format="pyarrow", batch_size=ctx.batch_size,
-                          fn_kwargs={"keys_ref": keys_ref, "step": step, "reason": reason}, **ctx.remote_args)
+    return {"removed": pa.table({"key": pa.array(removed, pa.int64())}), "duplicates": duplicates,
+            "cluster_sizes": pa.table({"size": pa.array(sizes.astype(np.int64))})}
 
 
 def _report_and_bucket(batch: pa.Table, fn: Callable[[pa.Table], pa.Table], step: str, stats: Any) -> pa.Table:

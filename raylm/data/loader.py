@@ -240,13 +240,19 @@ def _open(uri: str):
 
 
 def _parquet_row_groups(path: str) -> list[_RowGroup]:
-    """Every row group of a Parquet folder (or file) with its seq_id range, from the footers."""
+    """Every row group of a Parquet folder (or file) with its seq_id range, from the footers.
+    A token-shard folder's files are the ones its manifest lists (its ``val/`` split, which
+    ``raylm prepare`` writes inside it, is not training data)."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
+    from raylm.data.shards import MANIFEST, read_manifest
+
     fs, root = _open(path)
     scheme = path.split("://", 1)[0] + "://" if "://" in path else ""
-    if fs.get_file_info(root).type == pafs.FileType.Directory:
+    if fs.get_file_info(f"{root.rstrip('/')}/{MANIFEST}").type == pafs.FileType.File:
+        files = [f"{root.rstrip('/')}/{s['path']}" for s in read_manifest(path)["shards"]]
+    elif fs.get_file_info(root).type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
         files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
     else:

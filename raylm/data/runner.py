@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylm.data import schema as S
+from raylm.data.stats import Telemetry
 from raylm.data.steps.base import RowStep
 
 _READY: dict[str, RowStep] = {}  # steps set up in this worker process, by ``step.token``
@@ -57,23 +58,32 @@ def apply_step(step: RowStep, batch: pa.Table, stats: Any = None) -> pa.Table:
             out = mark_dropped(out, step.name, result.reasons)
     if stats is not None:
         bytes_in = pc.sum(pc.binary_length(live.column(S.TEXT))).as_py() or 0
-        import ray
+        row = (step.name, live.num_rows, bytes_in, dict(dropped), seconds, dict(result.counters))
+        if isinstance(stats, Telemetry):
+            stats.add(*row)
+        else:
+            import ray
 
-        ray.get(stats.add.remote(step.name, live.num_rows, bytes_in, dict(dropped), seconds,
-                                 dict(result.counters)))
+            ray.get(stats.add.remote(*row))
     return out if dead is None else concat([out, dead])
+
+
+def ready(step: RowStep) -> RowStep:
+    """``step`` set up, once per worker process (a step with the same config set up earlier in
+    this process is reused)."""
+    token = getattr(step, "token", None) or f"{type(step).__name__}:{step.cfg!r}"
+    done = _READY.get(token)
+    if done is None:
+        step.setup()
+        if len(_READY) >= 32:  # long-lived workers see many runs; keep only recent steps
+            _READY.pop(next(iter(_READY)))
+        _READY[token] = done = step
+    return done
 
 
 def run_in_task(batch: pa.Table, step: RowStep, stats: Any = None) -> pa.Table:
     """map_batches function for stateless steps (setup once per worker process)."""
-    token = getattr(step, "token", None) or f"{type(step).__name__}:{step.cfg!r}"
-    ready = _READY.get(token)
-    if ready is None:
-        step.setup()
-        if len(_READY) >= 32:  # long-lived workers see many runs; keep only recent steps
-            _READY.pop(next(iter(_READY)))
-        _READY[token] = ready = step
-    return apply_step(ready, batch, stats)
+    return apply_step(ready(step), batch, stats)
 
 
 class StepActor:

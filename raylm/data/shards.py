@@ -11,6 +11,11 @@
   order however Ray Data splits the work into blocks and tasks.
 * ``tokens`` list<int32> of exactly ``seq_len`` ids, ``cu_seqlens`` list<int32> from 0 to
   ``seq_len`` (flash-attn varlen boundaries: a segment never spans two documents), ``source``.
+* With ``lang_column`` (``raylm prepare`` writes it for held-out shards): ``langs``
+  list<string>, the language of every segment's document ("" when unknown and for padding),
+  so evaluation can report per language; the manifest then says ``"langs": true``.
+* With ``middle_column`` (held-out shards with FIM): ``fim_middle`` list<int8> of ``seq_len``,
+  1 at the tokens of FIM middles; the manifest says ``"fim_middle": true``.
 
 Nothing is collected on one node: documents are grouped by unit with a Ray Data shuffle
 (``groupby(unit).map_groups``), each group (one file's worth) is packed in one task, and the
@@ -25,6 +30,7 @@ recorded in the manifest's ``waste_fraction``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import uuid
@@ -71,22 +77,27 @@ def shuffle_strategy(name: Literal["sort", "hash"]) -> Iterator[None]:
         ctx.shuffle_strategy = before
 
 
-def shard_schema() -> pa.Schema:
-    return pa.schema([("seq_id", pa.int64()), ("tokens", pa.list_(pa.int32())),
-                      ("cu_seqlens", pa.list_(pa.int32())), ("source", pa.string())])
+def shard_schema(langs: bool = False, fim_middle: bool = False) -> pa.Schema:
+    fields = [("seq_id", pa.int64()), ("tokens", pa.list_(pa.int32())),
+              ("cu_seqlens", pa.list_(pa.int32())), ("source", pa.string())]
+    fields += [("langs", pa.list_(pa.string()))] if langs else []
+    return pa.schema(fields + ([("fim_middle", pa.list_(pa.int8()))] if fim_middle else []))
 
 
 def _pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: str,
-               order_column: str | None) -> pa.Table:
+               order_column: str | None, lang_column: str | None = None,
+               middle_column: str | None = None) -> pa.Table:
     """map_groups function: pack one unit's documents (in ``order_column`` order) and number
-    its sequences. One extra row with ``seq_id == -1`` carries the unit's token accounting."""
+    its sequences (with ``lang_column``: and record every segment's language; with
+    ``middle_column``: pack that per-token column alike). One extra row with ``seq_id == -1``
+    carries the unit's token accounting."""
     unit = int(group.column(unit_column)[0].as_py())
     if not 0 <= unit < 2**31:
         raise ValueError(f"{unit_column} must be in [0, 2**31), got {unit}")
     if order_column:
         group = group.take(pc.sort_indices(group, [(order_column, "ascending")]))
     stats = PackStats()
-    packed = pack_table(group.select(["tokens"]), cfg, stats)
+    packed = pack_table(group.select(["tokens"]), cfg, stats, doc_ids=lang_column is not None)
     n = packed.num_rows
     if n >= 2**UNIT_SHIFT:
         raise ValueError(f"unit {unit}: {n} sequences do not fit in {UNIT_SHIFT} bits")
@@ -101,6 +112,16 @@ def _pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: st
         "cu_seqlens": pa.concat_arrays([packed.column("cu_seqlens").combine_chunks(), empty]),
         "source": pa.array([source] * (n + 1), pa.string()),
     }
+    if lang_column is not None:
+        docs = packed.column("doc_ids").combine_chunks()
+        # a document's language by its row; row -1 (the padding segment) reads the appended ""
+        langs = np.asarray([x or "" for x in group.column(lang_column).to_pylist()] + [""], dtype=object)
+        seg = pa.ListArray.from_arrays(docs.offsets, pa.array(langs[docs.flatten().to_numpy()], pa.string()))
+        table["langs"] = pa.concat_arrays([seg, pa.array([[]], pa.list_(pa.string()))])
+    if middle_column is not None:  # the same lengths pack to the same cuts; padding is 0
+        mid = pack_table(group.select([middle_column]).rename_columns(["tokens"]), dataclasses.replace(cfg, pad_id=0))
+        table["fim_middle"] = pa.concat_arrays([mid.column("tokens").combine_chunks().cast(pa.list_(pa.int8())),
+                                                pa.array([[]], pa.list_(pa.int8()))])
     for name, value in zip(_STAT_COLUMNS, values):
         table[name] = pa.array(np.append(zeros, value))
     return pa.table(table)
@@ -111,8 +132,9 @@ class TokenShardSink(Datasink):
     ``rows_per_shard`` rows (Ray Data bundles blocks up to *at least* ``min_rows_per_write``,
     so one task can get many shards' worth); returns the files and counts."""
 
-    def __init__(self, out: str, rows_per_shard: int) -> None:
+    def __init__(self, out: str, rows_per_shard: int, langs: bool = False, fim_middle: bool = False) -> None:
         self.out, self.rows_per_shard = out, rows_per_shard
+        self.schema = shard_schema(langs, fim_middle)
         self.results: list[dict[str, Any]] = []
 
     @property
@@ -134,7 +156,7 @@ class TokenShardSink(Datasink):
         for name in _STAT_COLUMNS:
             result[name] = int(pc.sum(table.column(name)).as_py() or 0)
         seqs = table.filter(pc.greater_equal(table.column("seq_id"), 0))
-        seqs = seqs.select(shard_schema().names).cast(shard_schema())
+        seqs = seqs.select(self.schema.names).cast(self.schema)
         if not seqs.num_rows:
             return result
         seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
@@ -191,6 +213,8 @@ def write_token_shards(
     shuffle: Literal["sort", "hash"] = "sort",
     remote_args: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    lang_column: str | None = None,
+    middle_column: str | None = None,
 ) -> dict[str, Any]:
     """Pack tokenised documents into ``seq_len`` sequences and write shards + manifest.
 
@@ -202,7 +226,9 @@ def write_token_shards(
 (Ray Data's default when None; about the number of units, capped at a few per CPU, suits
 this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
     ``remote_args`` go to the packing tasks (e.g. ``{"resources": {"data_cpu": 1}}``). Documents should end in eos (the ``Tokenize`` step adds
-    it). ``extra`` is merged into the manifest. Returns the manifest."""
+    it). ``extra`` is merged into the manifest. ``lang_column`` (a string column of ``data``)
+    writes every segment's language to ``langs``; ``middle_column`` (a list column as long as
+    ``tokens``) is packed alike into ``fim_middle``. Returns the manifest."""
     import ray
 
     cfg = PackConfig(seq_len=seq_len, drop_tail=drop_tail, pad_id=pad_id)
@@ -213,7 +239,7 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
         order_column = order_column or ORDER_COLUMN
         tables = []
         for i, t in enumerate(data):
-            t = t.select(["tokens"])
+            t = t.select(["tokens"] + [c for c in (lang_column, middle_column) if c])
             tables.append(t.append_column(unit_column, pa.array(np.full(t.num_rows, i, np.int64)))
                           .append_column(order_column, pa.array(np.arange(t.num_rows, dtype=np.int64))))
         tables = [t for t in tables if t.num_rows]
@@ -222,17 +248,21 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
     else:
         ds = data  # not checked here: ds.schema() would run the plan's first stages
     _clear(out_dir, overwrite)
-    sink = TokenShardSink(out_dir, rows_per_shard)
+    sink = TokenShardSink(out_dir, rows_per_shard, langs=lang_column is not None,
+                          fim_middle=middle_column is not None)
     sink.on_write_start()
     if ds is not None:
-        keep = ["tokens", unit_column] + ([order_column] if order_column else [])
+        keep = ["tokens", unit_column] + [c for c in (order_column, lang_column, middle_column) if c]
         with shuffle_strategy(shuffle):
             packed = ds.select_columns(keep).groupby(unit_column, num_partitions=num_partitions).map_groups(
                 _pack_unit, batch_format="pyarrow",
-                fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column},
+                fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column,
+                           "lang_column": lang_column, "middle_column": middle_column},
                 **(remote_args or {}))
             packed.write_datasink(sink)
-    return _finish(out_dir, sink.results, cfg, source, tokenizer_hash, extra)
+    return _finish(out_dir, sink.results, cfg, source, tokenizer_hash,
+                   {**({"langs": True} if lang_column else {}), **({"fim_middle": True} if middle_column else {}),
+                    **(extra or {})})
 
 
 def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source: str,

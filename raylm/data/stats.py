@@ -1,7 +1,8 @@
 """Counting what every step did, so that ``input = kept + sum(dropped)`` can be checked.
 
 Row steps report per batch to one small actor (documents and bytes in, drops by reason,
-their own counters, seconds). The sink returns exact kept / dropped counts from what it
+their own counters, seconds), or, inside a per-file task, to a local ``Telemetry`` that is
+saved with the file's output. The sink returns exact kept / dropped counts from what it
 wrote; ``build_stats`` puts both into ``stats.json``.
 """
 
@@ -13,9 +14,9 @@ from typing import Any
 import ray
 
 
-@ray.remote(num_cpus=0)
-class StatsActor:
-    """Accumulates per-step telemetry sent by the tasks that run the steps."""
+class Telemetry:
+    """Per-step telemetry (documents and bytes in, drops by reason, seconds, the step's own
+    counters), summed. Used as is inside a task, or as ``StatsActor`` by every task of a run."""
 
     def __init__(self) -> None:
         self.steps: dict[str, dict[str, Any]] = {}
@@ -30,8 +31,16 @@ class StatsActor:
         s["dropped"].update(dropped)
         s["counters"].update(counters)
 
+    def add_all(self, steps: dict[str, dict[str, Any]]) -> None:
+        """Add the output of another ``get()`` (e.g. saved with a finished input file)."""
+        for step, t in steps.items():
+            self.add(step, t["docs_in"], t["bytes_in"], t["dropped"], t["seconds"], t["counters"])
+
     def get(self) -> dict[str, dict[str, Any]]:
         return {k: {**v, "dropped": dict(v["dropped"]), "counters": dict(v["counters"])} for k, v in self.steps.items()}
+
+
+StatsActor = ray.remote(num_cpus=0)(Telemetry)
 
 
 def merge_sink_results(results: list[dict[str, Any]]) -> dict[str, Any]:

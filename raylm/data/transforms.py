@@ -73,10 +73,18 @@ def fim_transform(tokens: np.ndarray, rng: np.random.Generator, cfg: FIMConfig |
     A transformed document is exactly 3 tokens longer. If it ends in ``eos_id`` that eos is
     taken off before splitting and put back at the end. The two cut points are drawn uniformly
     over the ``n + 1`` token gaps of the ``n`` content tokens, so any part may be empty."""
+    return fim_transform_middle(tokens, rng, cfg)[0]
+
+
+def fim_transform_middle(tokens: np.ndarray, rng: np.random.Generator,
+                         cfg: FIMConfig | None = None) -> tuple[np.ndarray, int | None]:
+    """``fim_transform`` (the same draws), and where the middle starts in its result: in PSM and
+    SPM alike the middle is the last part, before the eos, so ``out[start:]`` is the middle and
+    the eos after it, the tokens an infilling model generates. None: not transformed."""
     cfg = cfg or FIMConfig()
     tokens = np.asarray(tokens)
     if rng.random() >= cfg.rate:
-        return tokens
+        return tokens, None
     spm = rng.random() < cfg.spm_rate
     has_eos = len(tokens) > 0 and tokens[-1] == cfg.eos_id
     body = tokens[:-1] if has_eos else tokens
@@ -91,7 +99,8 @@ def fim_transform(tokens: np.ndarray, rng: np.random.Generator, cfg: FIMConfig |
         parts = [pre, prefix, suf, suffix, mid, middle]
     if has_eos:
         parts.append(tokens[-1:])
-    return np.concatenate(parts)
+    out = np.concatenate(parts)
+    return out, len(out) - len(middle) - int(has_eos)
 
 
 def fim_inverse(tokens: np.ndarray, cfg: FIMConfig | None = None) -> np.ndarray:
@@ -116,10 +125,10 @@ def fim_inverse(tokens: np.ndarray, cfg: FIMConfig | None = None) -> np.ndarray:
 
 
 @dataclasses.dataclass(kw_only=True)
-class MLMConfig:
-    vocab_size: int
-    """Size of the vocabulary; random replacement tokens are drawn from ``[0, vocab_size)``
-    minus ``special_ids``."""
+class MaskingConfig:
+    """How ``mlm_mask`` selects and replaces tokens, everything but the vocabulary (a training
+    config's ``mlm``: the vocabulary is the model's)."""
+
     mask_prob: float = 0.15
     """Fraction of the non-special tokens selected for prediction."""
     mask_token_ratio: float = 0.8
@@ -148,10 +157,8 @@ class MLMConfig:
         _fraction("random_token_ratio", self.random_token_ratio)
         if self.mask_token_ratio + self.random_token_ratio > 1.0 + 1e-9:
             raise ConfigError("mask_token_ratio + random_token_ratio must not exceed 1")
-        if self.vocab_size <= len(set(self.special_ids)):
-            raise ConfigError(f"vocab_size: {self.vocab_size} leaves no non-special tokens")
-        if not 0 <= self.mask_id < self.vocab_size:
-            raise ConfigError(f"mask_id: {self.mask_id} is outside the vocabulary")
+        if self.seed < 0:
+            raise ConfigError(f"seed: {self.seed} must not be negative")
         if self.max_span_length < 1:
             raise ConfigError(f"max_span_length: {self.max_span_length} must be at least 1")
         if not 1.0 <= self.mean_span_length < (self.max_span_length + 1) / 2:
@@ -159,6 +166,20 @@ class MLMConfig:
                 f"mean_span_length: {self.mean_span_length} must be in [1, {(self.max_span_length + 1) / 2}) "
                 f"for max_span_length={self.max_span_length}"
             )
+
+
+@dataclasses.dataclass(kw_only=True)
+class MLMConfig(MaskingConfig):
+    vocab_size: int
+    """Size of the vocabulary; random replacement tokens are drawn from ``[0, vocab_size)``
+    minus ``special_ids``."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vocab_size <= len(set(self.special_ids)):
+            raise ConfigError(f"vocab_size: {self.vocab_size} leaves no non-special tokens")
+        if not 0 <= self.mask_id < self.vocab_size:
+            raise ConfigError(f"mask_id: {self.mask_id} is outside the vocabulary")
 
 
 def mlm_rng(cfg: MLMConfig, worker: int = 0) -> np.random.Generator:

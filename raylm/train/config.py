@@ -8,11 +8,13 @@ other ``model.*`` keys override them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from raylm.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
 from raylm.data.mixing import LengthSchedule, MixConfig
+from raylm.data.transforms import MaskingConfig, MLMConfig
 from raylm.model import FLAVORS, ModelConfig
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
@@ -76,6 +78,42 @@ class CheckpointConfig:
 
 
 CheckpointMode = Literal["none", "full", "every_n", "mlp", "attention"]
+Objective = Literal["causal", "mlm", "fim"]
+_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvalConfig:
+    """Held-out evaluation during training (``raylm.train.evaluate``): loss and perplexity per
+    set and per language, token-weighted, reported as ``val/...`` metrics."""
+
+    enabled: bool = True
+    """Evaluate at the end of the run (and every ``every`` steps); nothing happens when there
+    is no set to evaluate."""
+    every: int = 0
+    """Also evaluate every this many optimizer steps; 0: only at the end."""
+    at_start: bool = False
+    """Also evaluate before the first step (reported as step 0; not again after a resume): the
+    baseline of a continued run, e.g. on the val split of its old domain."""
+    data_val: bool = True
+    """Evaluate the held-out split (``<folder>/val``, from ``raylm prepare`` with ``val:``) of
+    ``data.path`` or of every ``data.sources`` folder that has one, named by its source."""
+    sets: dict[str, str] = dataclasses.field(default_factory=dict)
+    """More sets, name -> token-shard folder (e.g. ``{old_web: out/tokens/web/val}``)."""
+    max_sequences: int = 256
+    """Sequences evaluated per set (evenly spaced over the set when it holds more); 0: all."""
+    batch_size: int | None = None
+    """Sequences per rank per forward; None: ``micro_batch_size``."""
+
+    def validate(self) -> None:
+        if self.every < 0 or self.max_sequences < 0:
+            raise ConfigError(f"every ({self.every}) and max_sequences ({self.max_sequences}) must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} must be >= 1")
+        for name in self.sets:
+            if not _SET_NAME.match(name) or name == "lang":
+                raise ConfigError(f"sets.{name}: a set name is letters, digits, '_', '.', '-' "
+                                  "(and not 'lang', which names the per-language metrics)")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -207,6 +245,15 @@ class TrainConfig:
     ``seq_ids-rank<r>.jsonl`` in the run folder (local storage only)."""
     fail_at_step: int | None = None
     """Testing: raise in rank 1 (rank 0 with one worker) at this step, once per run directory."""
+    objective: Objective = "causal"
+    """causal: next-token prediction. mlm: masked-LM on an encoder (``model.causal: false``),
+    the batches masked as ``mlm`` says, the loss on the masked tokens only. fim: next-token
+    prediction on shards prepared with ``fim:`` (checked against their manifests before the
+    run), with eval also reporting the loss on the FIM middles (``raylm.train.objective``)."""
+    mlm: MaskingConfig = dataclasses.field(default_factory=MaskingConfig)
+    """objective mlm: BERT 80/10/10 or SpanBERT masking (the vocabulary is ``model``'s)."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Held-out evaluation: when, on which sets, how many sequences."""
 
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
@@ -228,9 +275,28 @@ class TrainConfig:
                                   "scale.strategy deepspeed")
             if self.optim.name != "adamw":
                 raise ConfigError(f"optim.name: {self.optim.name!r}: raylm's DeepSpeed strategy runs adamw only")
+        self._validate_objective()
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")
+
+    def _validate_objective(self) -> None:
+        if self.objective == "mlm":
+            if self.model.causal:
+                raise ConfigError("objective: mlm trains an encoder; set model.causal: false")
+            if self.data.seq_len_schedule:
+                raise ConfigError("objective: mlm does not take data.seq_len_schedule (its labels are not shifted)")
+            try:
+                self.mlm_config().validate()
+            except ConfigError as exc:
+                raise ConfigError(f"mlm (with model.vocab_size {self.model.vocab_size}): {exc}") from None
+        elif not self.model.causal:
+            raise ConfigError(f"objective: {self.objective} predicts the next token, which an encoder "
+                              "(model.causal: false) sees; use a causal model or objective: mlm")
+
+    def mlm_config(self) -> MLMConfig:
+        """``mlm`` with the model's vocabulary: what ``raylm.data.transforms.mlm_mask`` takes."""
+        return MLMConfig(vocab_size=self.model.vocab_size, **to_dict(self.mlm))
 
     @property
     def global_batch_size(self) -> int:

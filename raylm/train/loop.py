@@ -6,6 +6,10 @@ its token losses, the number of target tokens is all-reduced first, and each ran
 ``sum * world / n_tokens`` (DDP and FSDP2 average gradients over ranks), so a 2-worker run
 follows the 1-worker run with the same global batch, whatever the tokens per rank.
 
+The objective (``raylm.train.objective``) may rewrite each batch (MLM masking) before the
+forward; held-out evaluation (``raylm.train.evaluate``) runs at its steps on every rank and
+its ``val/...`` metrics join that step's report.
+
 After the backward pass the spike guard (``raylm.train.stability``) sees the loss and the
 gradient norm: a spike skips the optimizer step (the data still advance, so the batch is not
 seen again), and too many spikes roll the weights and optimizer back to the last checkpoint
@@ -36,8 +40,10 @@ from raylm.optim.optimizers import apply_lr, build_optimizer
 from raylm.optim.schedules import lr_multiplier
 from raylm.train import checkpoint
 from raylm.train.config import TrainConfig, train_config
+from raylm.train.evaluate import Evaluator
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
 from raylm.train.mtp import MTPObjective
+from raylm.train.objective import batch_transform
 from raylm.train.parallel import (
     autocast,
     clip_grad_norm,
@@ -161,6 +167,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokens_window, t_window, wait_window = 0, time.perf_counter(), 0.0
     rollbacks = 0
 
+    def log(metrics: dict[str, Any]) -> None:  # rank 0: TensorBoard and metrics.jsonl
+        if rank == 0:
+            tb.log(metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
+            if log_path:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+
     def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
         if not with_checkpoint:
             ray.train.report(metrics)
@@ -171,6 +184,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
 
+    transform = batch_transform(cfg)
+    evaluator = Evaluator(cfg, rank, world, device, precision)  # loads its sets: before the loader's thread
     # the ranks of one tensor-parallel group read the same batches
     loader = _loader(cfg, rank // sc.tensor_parallel, sc.data_parallel, position)
     seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
@@ -178,6 +193,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
     seq_len: int | None = None
     try:
+        if step == 0 and evaluator.due(0):
+            start = {"step": 0, **evaluator(model, 0)}
+            log(start)
+            ray.train.report(start)
+            t_window = time.perf_counter()
         while step < cfg.steps:
             micro = [next(loader) for _ in range(cfg.grad_accum)]
             if seq_log is not None:
@@ -185,6 +205,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                           "seq_ids": [int(i) for b in micro for i in b["seq_id"]]}) + "\n")
                 seq_log.flush()
             seq_len = micro[0]["input_ids"].shape[1]  # stored length: tokens per step are B * it
+            if transform is not None:  # keyed by the step being trained: resumes mask alike
+                micro = [transform(b, step + 1) for b in micro]
             if lengths is not None:
                 micro = [split_rows(b, lengths.seq_len_at(step)) for b in micro]
             n_tokens = _all_sum(torch.tensor(float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)),
@@ -239,7 +261,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tokens_window += cfg.global_batch_size * seq_len
             last = step >= cfg.steps
             ckpt_now = last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
-            if step % cfg.log_every == 0 or last or ckpt_now:
+            eval_now = evaluator.due(step)
+            if step % cfg.log_every == 0 or last or ckpt_now or eval_now:
                 dt = time.perf_counter() - t_window
                 tps = tokens_window / dt
                 metrics = {
@@ -261,11 +284,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 util = mfu(tps / world, flops_per_token, peak)
                 if util is not None:
                     metrics["mfu"] = util
-                if rank == 0:
-                    tb.log(step, {k: v for k, v in metrics.items() if k != "step"})
-                    if log_path:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(metrics) + "\n")
+                if eval_now:
+                    metrics.update(evaluator(model, step))
+                log(metrics)
                 save_and_report(metrics, bool(ckpt_now))
                 tokens_window, t_window, wait_window = 0, time.perf_counter(), loader.data_wait_s
     finally:

@@ -6,7 +6,8 @@ resumes from the latest one, and with ``max_failures`` a run whose worker dies (
 spot node) restarts its workers from the latest checkpoint by itself. With local storage,
 rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an object store
 (``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.storage.RunLog`` writes them
-there from the driver.
+there from the driver. Before any worker starts, the data are checked against the objective
+(``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raylm.train.evaluate import check_sets
     from raylm.train.loop import train_loop_per_worker
+    from raylm.train.objective import check_data
 
+    env = {**storage.use_endpoint(cfg.storage_endpoint), **(env or {})}
+    check_data(cfg)  # the objective's demands on the shards, and the eval sets, before anything starts
+    check_sets(cfg)
     folder = run_dir(cfg)
     if folder:
         os.makedirs(folder, exist_ok=True)
         Path(folder, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    env = {**storage.use_endpoint(cfg.storage_endpoint), **(env or {})}
     fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
     callbacks = list(callbacks or [])
     if not folder:

@@ -27,9 +27,10 @@ from raylm.optim.schedules import lr_multiplier
 def load_batches(path: str | Path, batch_size: int, n_batches: int, skip: int = 0) -> list[dict[str, Any]]:
     """``n_batches`` batches of ``batch_size`` packed sequences (as ``raylm.data.loader`` makes
     them) from a token-shard folder or file (Parquet with ``tokens`` and ``cu_seqlens``, as
-    ``raylm prepare`` writes), in file order, after the first ``skip`` sequences."""
+    ``raylm prepare`` writes; not its nested ``val/`` split), in file order, after the first
+    ``skip`` sequences."""
     p = Path(path)
-    files = [p] if p.is_file() else sorted(p.rglob("*.parquet"))
+    files = [p] if p.is_file() else sorted(p.glob("*.parquet"))  # not a held-out val/ inside
     if not files:
         raise FileNotFoundError(f"{path}: no Parquet token shards")
     need = batch_size * n_batches

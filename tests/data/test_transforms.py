@@ -12,6 +12,7 @@ from raylm.data.transforms import (
     MLMConfig,
     fim_inverse,
     fim_transform,
+    fim_transform_middle,
     mlm_mask,
     span_length_probs,
 )
@@ -74,6 +75,22 @@ def test_fim_rates_split_points_and_recovery_over_many_docs():
     assert abs(spm / fim - 0.3) < 0.04
     # the first cut is the min of two uniform points: mean 1/3
     assert abs(np.mean(cut_fracs) - 1 / 3) < 0.03
+
+
+@pytest.mark.parametrize("spm_rate", [0.0, 1.0], ids=["psm", "spm"])
+def test_fim_transform_middle_marks_the_middle_and_its_eos(spm_rate):
+    """The same output as fim_transform; ``out[start:]`` is the document's middle (its tokens
+    between the two cut points, replayed from the same draws) and the eos."""
+    cfg = FIMConfig(rate=1.0, spm_rate=spm_rate)
+    for seed in range(20):
+        d = np.append(np.arange(8, 8 + 40), EOS).astype(np.int32)  # unique tokens: positions are visible
+        out, start = fim_transform_middle(d, np.random.default_rng(seed), cfg)
+        np.testing.assert_array_equal(out, fim_transform(d, np.random.default_rng(seed), cfg))
+        replay = np.random.default_rng(seed)
+        replay.random(), replay.random()
+        lo, hi = np.sort(replay.integers(0, 41, size=2))
+        np.testing.assert_array_equal(out[start:], np.append(d[lo:hi], EOS))
+    assert fim_transform_middle(d, np.random.default_rng(0), FIMConfig(rate=0.0))[1] is None
 
 
 def test_fim_rate_zero_is_identity_and_config_is_checked():

@@ -108,17 +108,23 @@ class LineDedup(DatasetStep):
 
     def run(self, ds: Any, ctx: Any) -> Any:
         cfg: LineDedupConfig = self.cfg
-        ds = ds.materialize()
-        num_shards = ctx.num_shards
+        decision = ctx.load_decision(self.name)  # kept by an earlier, killed run of the same command
+        if decision is None:
+            ds = ds.materialize()
+            num_shards = ctx.num_shards
 
-        def emit(batch: pa.Table) -> pa.Table:
-            return _emit(batch, cfg, num_shards)
+            def emit(batch: pa.Table) -> pa.Table:
+                return _emit(batch, cfg, num_shards)
 
-        freq = dedup.shuffle_buckets(ds, ctx, self.name, emit, frequent_units, {"min_docs": cfg.min_docs},
-                                     report=False)  # the removal pass below reports this step
-        hashes = freq.get("bucket", np.empty(0, np.uint64))
-        first = freq.get("first", np.empty(0, np.int64))
-        ctx.stats_add(self.name, counters={"frequent_units": int(len(hashes))})
+            freq = dedup.shuffle_buckets(ds, ctx, self.name, emit, frequent_units, {"min_docs": cfg.min_docs},
+                                         report=False)  # the removal pass below reports this step
+            decision = {"frequent": pa.Table.from_arrays(
+                [pa.array(freq.get("bucket", np.empty(0, np.uint64))), pa.array(freq.get("first", np.empty(0, np.int64)))],
+                schema=_FREQ_SCHEMA)}
+            ctx.stats_add(self.name, counters={"frequent_units": decision["frequent"].num_rows})
+            ctx.save_decision(self.name, decision)
+        hashes = decision["frequent"].column("bucket").to_numpy()
+        first = decision["frequent"].column("first").to_numpy()
         step = _RemoveUnits(cfg, ray.put((hashes, first)))
         step.token = uuid.uuid4().hex
         return ds.map_batches(run_in_task, fn_kwargs={"step": step, "stats": ctx.stats},
