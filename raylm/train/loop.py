@@ -52,6 +52,7 @@ from raylm.train.parallel import (
     run_metadata,
     unwrap,
 )
+from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
 
 
@@ -185,7 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         local.keep(folder)
 
     transform = batch_transform(cfg)
-    evaluator = Evaluator(cfg, rank, world, device, precision)  # loads its sets: before the loader's thread
+    hooks = [h for h in (sample_hook(cfg),) if h is not None]
+    evaluator = Evaluator(cfg, rank, world, device, precision, hooks)  # loads its sets: before the loader's thread
     # the ranks of one tensor-parallel group read the same batches
     loader = _loader(cfg, rank // sc.tensor_parallel, sc.data_parallel, position)
     seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
