@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``plan``,
-``tune``, ``mup coord-check``, ``schedules``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
+``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -96,37 +96,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result.error is None else 1
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from raylm.data.tokenizer import special_ids
+    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.infer.generate import SamplingConfig
+    from raylm.infer.text import complete, infill, resolve_tokenizer
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    try:
+        model, cfg, _ = load_model(args.checkpoint, device=device)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    sp, add_bos = resolve_tokenizer(cfg, args.tokenizer)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, eos_id=special_ids(sp)["<eos>"])
+    sampling.validate()
+    if args.fim_suffix is None:
+        text, gen = complete(model, sp, args.prompt, sampling, add_bos=add_bos, speculative=args.speculative)
+    else:
+        text, gen = infill(model, sp, args.prompt, args.fim_suffix, sampling, speculative=args.speculative)
+        if args.document:
+            text = args.prompt + text + args.fim_suffix
+    print(text)
+    if args.speculative:
+        print(f"speculative: {gen.accepted}/{gen.drafted} drafts accepted (acceptance rate "
+              f"{gen.acceptance_rate:.3f}), {gen.tokens_per_forward:.3f} tokens per main-model forward "
+              f"({gen.produced} tokens, {gen.forwards} forwards)", file=sys.stderr)
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from raylm.infer.checkpoint import CheckpointError, load_model
-    from raylm.infer.evaluate import evaluate, load_set, source_name
-    from raylm.train.objective import batch_transform
+    from raylm.infer.evaluate import evaluate_checkpoint
 
-    try:
-        model, cfg, state = load_model(args.checkpoint, device=args.device)
-    except CheckpointError as exc:
-        raise InputError(str(exc)) from None
-    max_sequences = cfg.eval.max_sequences if args.max_sequences is None else args.max_sequences
-    sets = []
-    for spec in args.data:
-        name, folder = spec.split("=", 1) if "=" in spec else ("", spec)
-        if "://" not in folder and not Path(folder).is_dir():
-            raise InputError(f"--data: {folder}: no such folder")
-        s = load_set(name or source_name(folder), folder, max_sequences)
-        if s.name in {x.name for x in sets}:
-            raise InputError(f"--data: two sets are named {s.name!r}; name them with NAME=FOLDER")
-        sets.append(s)
-    out = evaluate(model, sets, batch_size=args.batch_size or cfg.eval.batch_size or cfg.micro_batch_size,
-                   device=args.device, transform=batch_transform(cfg))
-    report = {"checkpoint": str(args.checkpoint), "step": state["step"], "objective": cfg.objective,
-              "sets": {s.name: s.path for s in sets}, "metrics": out}
+    report = evaluate_checkpoint(args.checkpoint, args.data, max_sequences=args.max_sequences,
+                                 batch_size=args.batch_size, device=args.device)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.checkpoint}: step {state['step']}, objective {cfg.objective}")
+    out = report["metrics"]
+    print(f"{args.checkpoint}: step {report['step']}, objective {report['objective']}")
     print(f"{'set':<28} {'loss':>9} {'ppl':>11} {'tokens':>10}")
     for key in out:
         if key.endswith("/loss"):
@@ -191,6 +208,19 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    import json
+
+    from raylm.recipe import RecipeConfig, run_recipe
+
+    cfg = load(RecipeConfig, args.config, args.set)
+    report = run_recipe(cfg, args.output)
+    print(json.dumps({k: report[k] for k in ("curate", "tokenizer", "train", "eval") if k in report},
+                     indent=2, ensure_ascii=False))
+    print(f"wrote {args.output}/recipe.json")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
@@ -234,6 +264,21 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-sweep", metavar="BEST_JSON", help="apply a sweep's best values (μP: at a new width)")
     tr.set_defaults(func=_train)
 
+    g = sub.add_parser("generate", help="continue a prompt (or fill in the middle) with a trained checkpoint")
+    g.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
+    g.add_argument("prompt", help="the text to continue (with --fim-suffix: the prefix)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tokenizer", help="SentencePiece .model (default: the one the training data was prepared with)")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    g.add_argument("--fim-suffix", help="fill in the middle between the prompt and this suffix; prints the middle")
+    g.add_argument("--document", action="store_true", help="with --fim-suffix: print prefix + middle + suffix")
+    g.add_argument("--speculative", action="store_true",
+                   help="greedy decoding drafted by the model's MTP heads; prints the acceptance rate to stderr")
+    g.set_defaults(func=_generate)
     ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
     ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
@@ -278,6 +323,12 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--warmup", type=int, default=500)
     sc.add_argument("--lr", type=float, default=3e-4)
     sc.set_defaults(func=_schedules)
+
+    rc = sub.add_parser("recipe", help="curate -> tokenizer -> prepare -> train -> eval, from one YAML")
+    rc.add_argument("-c", "--config", required=True, help="recipe YAML (e.g. jobs/configs/recipe_ko.yaml)")
+    rc.add_argument("-o", "--output", required=True, help="output folder: curated/, tokenizer/, tokens/, train/")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    rc.set_defaults(func=_recipe)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")

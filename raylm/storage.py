@@ -55,7 +55,8 @@ def filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, 
 
 
 class RunLog(UserCallback):
-    """``metrics.jsonl`` and TensorBoard scalars of rank 0's reports, copied to ``<storage>/<name>/``."""
+    """``metrics.jsonl`` and TensorBoard scalars (and samples) of rank 0's reports, copied to
+    ``<storage>/<name>/``."""
 
     def __init__(self, fs: pafs.FileSystem, root: str, name: str) -> None:
         self.fs, self.run, self.name = fs, f"{root}/{name}", name
@@ -64,7 +65,7 @@ class RunLog(UserCallback):
         self.writer = None
 
     def _start(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from raylm.train.metrics import TensorBoard
 
         self.local = tempfile.mkdtemp(prefix=f"raylm-runlog-{self.name}-")
         try:  # a run started again under the same name continues its log
@@ -72,7 +73,7 @@ class RunLog(UserCallback):
                 self.rows = [json.loads(line) for line in f.read().decode().splitlines() if line]
         except (FileNotFoundError, OSError):
             self.rows = []
-        self.writer = SummaryWriter(os.path.join(self.local, "tensorboard"))
+        self.writer = TensorBoard(os.path.join(self.local, "tensorboard"))
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if not metrics or "step" not in metrics[0]:
@@ -81,10 +82,7 @@ class RunLog(UserCallback):
             self._start()
         row = metrics[0]
         self.rows.append(row)
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, row["step"])
-        self.writer.flush()
+        self.writer.log(row["step"], {k: v for k, v in row.items() if k != "step"})
         self.upload()
 
     def upload(self) -> None:

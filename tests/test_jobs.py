@@ -24,11 +24,20 @@ ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob(
 CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]
 TRAIN_CONFIGS = [p for p in ALL if p.name.startswith(("train", "pretrain", "continual"))]
 PLAN_CONFIGS = [p for p in ALL if p.name.startswith("plan")]
+RECIPE_CONFIGS = [p for p in ALL if p.name.startswith("recipe")]
 
 
 def test_every_job_config_is_checked():
-    assert set(ALL) == {*CONFIGS, *TRAIN_CONFIGS, *PLAN_CONFIGS,
+    assert set(ALL) == {*CONFIGS, *TRAIN_CONFIGS, *PLAN_CONFIGS, *RECIPE_CONFIGS,
                         *(p for p in ALL if p.name in ("prepare.yaml", "sweep.yaml"))}
+
+
+@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=[p.name for p in RECIPE_CONFIGS])
+def test_recipe_config_loads(path):
+    from raylm.recipe import RecipeConfig
+
+    cfg = load(RecipeConfig, path)  # every stage's config is validated with its paths filled in
+    assert cfg.inputs and cfg.train_config("tokens", "runs", 2000).steps >= 1
 
 
 @pytest.mark.parametrize("path", PLAN_CONFIGS, ids=[p.name for p in PLAN_CONFIGS])
@@ -65,13 +74,14 @@ def test_train_config_loads(path):
     assert cfg.model.n_layers >= 1 and cfg.global_batch_size >= 1 and (cfg.data.path or cfg.data.sources)
 
 
-@pytest.mark.parametrize("module", ["curate", "prepare", "pretrain", "sweep"])
+@pytest.mark.parametrize("module", ["curate", "prepare", "pretrain", "sweep", "recipe"])
 def test_job_entrypoints_report_bad_input(module, capsys, tmp_path):
     """``python -m jobs.NAME`` with a missing config prints one line and exits 2."""
     import runpy
     import sys
 
-    argv = ["-c", str(tmp_path / "missing.yaml")] + {"curate": ["x", "-o", "y"], "prepare": ["-o", "y"]}.get(module, [])
+    argv = ["-c", str(tmp_path / "missing.yaml")] + {"curate": ["x", "-o", "y"], "prepare": ["-o", "y"],
+                                                      "recipe": ["-o", "y"]}.get(module, [])
     old, sys.argv = sys.argv, [module, *argv]
     try:
         with pytest.raises(SystemExit) as exit_:

@@ -252,16 +252,20 @@ def _chunks(text: str, max_bytes: int) -> Iterator[str]:
 # --------------------------------------------------------------------------- training
 
 
-def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | None = None) -> dict[str, Any]:
+def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | None = None,
+                    baselines: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on a uniform sample of ``inputs``; write ``out_prefix.{model,vocab,report.json}``.
 
     ``inputs`` are curated output folders (their ``data/`` is read), Parquet folders/files or
     JSONL files. Ray must be initialised (``raylm.data.pipeline.ensure_ray``) or is started
-    locally. Returns the report (also written to ``out_prefix.report.json``)."""
+    locally. ``baselines`` (name -> ``.model`` path) are other tokenizers measured on the same
+    held-out documents (``baseline_fertility`` in the report), e.g. an English-only one on a
+    Korean corpus. Returns the report (also written to ``out_prefix.report.json``)."""
     import ray
 
     cfg = cfg or TokenizerConfig()
     cfg.validate()
+    baseline_sps = {name: load_tokenizer(path) for name, path in (baselines or {}).items()}  # missing: fail now
     if not ray.is_initialized():
         from raylm.data.pipeline import RayConfig, ensure_ray
 
@@ -333,6 +337,8 @@ def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | N
         "train_sentences": seen["sentences"],
         "heldout_docs_evaluated": len(held),
         "fertility": fertility(sp, [t for t, _ in held], [lang for _, lang in held]),
+        "baseline_fertility": {name: fertility(base, [t for t, _ in held], [lang for _, lang in held])
+                               for name, base in baseline_sps.items()},
         "seconds": round(time.perf_counter() - t0, 3),
         "config": to_dict(cfg),
         "inputs": list(inputs),

@@ -194,3 +194,35 @@ def evaluate(model: nn.Module, sets: Sequence[EvalSet], *, batch_size: int = 8, 
     finally:
         model.train(was_training)
     return metrics(group_names(sets, fim_middle=transform is None), sums)
+
+
+def evaluate_checkpoint(checkpoint: str, folders: Sequence[str], *, max_sequences: int | None = None,
+                        batch_size: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """``raylm eval``: the model of ``checkpoint`` (a checkpoint or run folder) on the sets
+    ``folders`` (token-shard folders, each optionally ``NAME=FOLDER``), with the run's own
+    objective and eval settings unless given; returns the report (step, sets, metrics).
+    ``InputError`` names a bad checkpoint, folder or set name."""
+    from pathlib import Path
+
+    from raylm.data.read import InputError
+    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.train.objective import batch_transform
+
+    try:
+        model, cfg, state = load_model(checkpoint, device=device)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    max_sequences = cfg.eval.max_sequences if max_sequences is None else max_sequences
+    sets: list[EvalSet] = []
+    for spec in folders:
+        name, folder = spec.split("=", 1) if "=" in spec else ("", spec)
+        if "://" not in folder and not Path(folder).is_dir():
+            raise InputError(f"--data: {folder}: no such folder")
+        s = load_set(name or source_name(folder), folder, max_sequences)
+        if s.name in {x.name for x in sets}:
+            raise InputError(f"--data: two sets are named {s.name!r}; name them with NAME=FOLDER")
+        sets.append(s)
+    out = evaluate(model, sets, batch_size=batch_size or cfg.eval.batch_size or cfg.micro_batch_size,
+                   device=device, transform=batch_transform(cfg))
+    return {"checkpoint": str(checkpoint), "step": state["step"], "objective": cfg.objective,
+            "sets": {s.name: s.path for s in sets}, "metrics": out}

@@ -69,6 +69,13 @@ class ModelConfig:
     """Multiplier of the token embeddings' output (a tunable μP hyperparameter; 1 in SP)."""
     output_mult: float = 1.0
     """Multiplier of the logits; under μP it is further scaled by ``base_width / d_model``."""
+    mtp_heads: int = 0
+    """Multi-token prediction depths D (DeepSeek-V3 sec. 2.2, ``raylm.model.mtp``): D sequential
+    modules of one block each, sharing the embedding and output head, depth k predicting the
+    token k + 1 ahead; they also draft tokens for self-speculative decoding. 0: none."""
+    mtp_weight: float = 0.3
+    """lambda of the MTP loss: ``loss_main + lambda / D * sum_k loss_k`` (DeepSeek-V3 used 0.3,
+    then 0.1 for the last part of training)."""
 
     @property
     def head_dim(self) -> int:
@@ -135,15 +142,32 @@ class ModelConfig:
             raise ConfigError(f"z_loss: {self.z_loss} must not be negative")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing: {self.label_smoothing} must be in [0, 1)")
+        if self.mtp_heads < 0 or self.mtp_weight < 0:
+            raise ConfigError(f"mtp_heads ({self.mtp_heads}) and mtp_weight ({self.mtp_weight}) must not be negative")
+        if self.mtp_heads and not self.causal:
+            raise ConfigError(f"mtp_heads: {self.mtp_heads} needs a causal model (causal: true): "
+                              "multi-token prediction predicts tokens ahead")
 
-    def num_params(self, include_embedding: bool = True) -> int:
-        """Parameters of ``Transformer(self)`` (a tied matrix counted once). Without the
-        embedding: the blocks and the final norm only, i.e. neither the token embedding nor
-        the lm_head (Kaplan et al. 2020's non-embedding N)."""
+    @property
+    def block_params(self) -> int:
+        """Parameters of one Transformer block (attention, SwiGLU MLP, two RMSNorm weights)."""
         d = self.d_model
         attention = 2 * d * self.n_heads * self.head_dim + 2 * d * self.kv_heads * self.head_dim
-        block = attention + 3 * d * self.ffn_dim + 2 * d  # + two RMSNorm weights
-        n = self.n_layers * block + d  # + final norm
+        return attention + 3 * d * self.ffn_dim + 2 * d
+
+    @property
+    def mtp_params(self) -> int:
+        """Parameters of the MTP modules: per depth a block, the ``2d -> d`` projection and
+        three RMSNorm weights (the embedding and output head are the main model's)."""
+        d = self.d_model
+        return self.mtp_heads * (self.block_params + 2 * d * d + 3 * d)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameters of ``Transformer(self)`` (a tied matrix counted once), MTP modules
+        included. Without the embedding: the blocks, the final norm and the MTP modules, i.e.
+        neither the token embedding nor the lm_head (Kaplan et al. 2020's non-embedding N)."""
+        d = self.d_model
+        n = self.n_layers * self.block_params + d + self.mtp_params  # + final norm
         if include_embedding:
             n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return n
@@ -159,10 +183,13 @@ class ModelConfig:
         their weighted sum (QK^T and AV: 2 * 2 * seq_len * d_model per layer forward, x3 with
         backward), counted over the full square as is the convention: causal masking and
         document masking are not subtracted, so the MFU of packed short documents is
-        understated rather than flattered."""
+        understated rather than flattered.
+
+        MTP depths (``mtp_heads``) are in ``N`` and add one output-head matmul and one block's
+        attention each: they are trained on every token like the main model."""
         seq_len = self.max_seq_len if seq_len is None else seq_len
-        dense = 6 * (self.num_params(include_embedding=False) + self.vocab_size * self.d_model)
-        return dense + 12 * self.n_layers * self.d_model * seq_len
+        dense = 6 * (self.num_params(include_embedding=False) + (1 + self.mtp_heads) * self.vocab_size * self.d_model)
+        return dense + 12 * (self.n_layers + self.mtp_heads) * self.d_model * seq_len
 
 
 # Llama-like shapes; vocab_size 32000 (Llama 2) is a placeholder: set it to your tokenizer's.

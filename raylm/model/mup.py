@@ -35,6 +35,8 @@ from raylm.model.config import ModelConfig
 HIDDEN_PATTERNS = ("layers.*.attention.w*", "layers.*.mlp.w*")
 """The hidden matrices by parameter name (``fnmatch``): everything whose both dimensions grow
 with the width."""
+MTP_HIDDEN_PATTERNS = ("mtp.*.proj.weight", "mtp.*.block.attention.w*", "mtp.*.block.mlp.w*")
+"""The multi-token-prediction modules' hidden matrices (``ModelConfig.mtp_heads``)."""
 
 
 def mup_lr_scale(cfg: ModelConfig) -> dict[str, float]:
@@ -43,4 +45,4 @@ def mup_lr_scale(cfg: ModelConfig) -> dict[str, float]:
     m = cfg.width_mult
     if cfg.parametrization != "mup" or m == 1.0:
         return {}
-    return dict.fromkeys(HIDDEN_PATTERNS, 1.0 / m)
+    return dict.fromkeys(HIDDEN_PATTERNS + (MTP_HIDDEN_PATTERNS if cfg.mtp_heads else ()), 1.0 / m)

@@ -125,12 +125,13 @@ def plan_config(data: dict[str, Any], origin: str = "config") -> PlanConfig:
 
 def _counts(m: ModelConfig, tp: int) -> dict[str, float]:
     """Parameters on one tensor-parallel rank: blocks' matrices split by ``tp``; the root
-    (embedding, final norm, output projection) and the blocks' norms replicated."""
+    (embedding, final norm, output projection), the blocks' norms and the multi-token-prediction
+    modules (not tensor-parallel) replicated."""
     d, kv = m.d_model, m.kv_heads * m.head_dim
     block_matrices = 2 * d * d + 2 * d * kv + 3 * d * m.ffn_dim
     root = m.vocab_size * d * (1 if m.tie_embeddings else 2) + d
     blocks = m.n_layers * (block_matrices / tp + 2 * d)
-    return {"total": root + blocks, "root": root, "block": block_matrices / tp + 2 * d}
+    return {"total": root + blocks + m.mtp_params, "root": root, "block": block_matrices / tp + 2 * d}
 
 
 def _block_activations(m: ModelConfig, mode: str, act: int, tokens: float, masks: float, tp: int) -> float:

@@ -83,6 +83,26 @@ _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(kw_only=True)
+class SamplesConfig:
+    """Generation samples at every evaluation (``raylm.train.samples``): each prompt continued
+    by the model being trained, logged as text to TensorBoard and ``metrics.jsonl``."""
+
+    prompts: list[str] = dataclasses.field(default_factory=list)
+    """Texts to continue (``samples/<i>``); none: no samples."""
+    infill: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """``[prefix, suffix]`` pairs whose middle the model writes (``samples/infill_<i>``), for
+    models trained with FIM."""
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    """0: greedy, so the samples of successive evaluations differ only by the training between."""
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    tokenizer: str | None = None
+    """SentencePiece ``.model``; None: the one the training data was prepared with (its manifest)."""
+
+
+@dataclasses.dataclass(kw_only=True)
 class EvalConfig:
     """Held-out evaluation during training (``raylm.train.evaluate``): loss and perplexity per
     set and per language, token-weighted, reported as ``val/...`` metrics."""
@@ -104,6 +124,8 @@ class EvalConfig:
     """Sequences evaluated per set (evenly spaced over the set when it holds more); 0: all."""
     batch_size: int | None = None
     """Sequences per rank per forward; None: ``micro_batch_size``."""
+    samples: SamplesConfig = dataclasses.field(default_factory=SamplesConfig)
+    """Generation samples written with every evaluation."""
 
     def validate(self) -> None:
         if self.every < 0 or self.max_sequences < 0:
@@ -351,6 +373,8 @@ class TrainConfig:
         elif not self.model.causal:
             raise ConfigError(f"objective: {self.objective} predicts the next token, which an encoder "
                               "(model.causal: false) sees; use a causal model or objective: mlm")
+        if self.objective == "mlm" and (self.eval.samples.prompts or self.eval.samples.infill):
+            raise ConfigError("eval.samples: an mlm encoder does not generate text; leave prompts and infill empty")
 
     def mlm_config(self) -> MLMConfig:
         """``mlm`` with the model's vocabulary: what ``raylm.data.transforms.mlm_mask`` takes."""

@@ -45,6 +45,7 @@ from raylm.train import checkpoint, continual
 from raylm.train.config import TrainConfig, train_config
 from raylm.train.evaluate import Evaluator
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
+from raylm.train.mtp import MTPObjective
 from raylm.train.objective import batch_transform
 from raylm.train.parallel import (
     autocast,
@@ -54,6 +55,7 @@ from raylm.train.parallel import (
     run_metadata,
     unwrap,
 )
+from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
 
 
@@ -197,7 +199,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         local.keep(folder)
 
     transform = batch_transform(cfg)
-    evaluator = Evaluator(cfg, rank, world, device, precision)  # loads its sets: before the loader's thread
+    hooks = [h for h in (sample_hook(cfg),) if h is not None]
+    evaluator = Evaluator(cfg, rank, world, device, precision, hooks)  # loads its sets: before the loader's thread
     # the ranks of one tensor-parallel group read the same batches
     loader = _loader(cfg, rank // sc.tensor_parallel, sc.data_parallel, position)
     seq_log = open(os.path.join(run_dir, f"seq_ids-rank{rank}.jsonl"), "a") if cfg.log_seq_ids and run_dir else None
@@ -226,20 +229,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             n_tokens = _all_sum(torch.tensor(float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)),
                                              device=device))
             loss_sum = torch.zeros((), device=device)
+            mtp = MTPObjective(cfg.model, micro, device, _all_sum) if cfg.model.mtp_heads else None
             for i, b in enumerate(micro):
                 with _no_sync(model, cfg.scale.strategy, last=i == len(micro) - 1), \
                         autocast(cfg.scale.strategy, precision, device):
                     logits = model(b["input_ids"].to(device), position_ids=b["position_ids"].to(device),
-                                   cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"])
+                                   cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"],
+                                   mtp=mtp is not None)
+                    if mtp is not None:
+                        logits, mtp_logits = logits
                     part = unwrap(model).loss_sum(logits, b["labels"].to(device))
+                    objective = part * world / n_tokens
+                    if mtp is not None:
+                        objective = objective + mtp.term(unwrap(model), i, mtp_logits) * world
                     if engine is not None:
-                        engine.backward(part * world / n_tokens, scale_wrt_gas=False)
+                        engine.backward(objective, scale_wrt_gas=False)
                         if i < len(micro) - 1:
                             engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
                     else:
-                        scaler.scale(part * world / n_tokens).backward()
+                        scaler.scale(objective).backward()
                 loss_sum += part.detach()
             loss = float(_all_sum(loss_sum) / n_tokens)
+            mtp_metrics = mtp.metrics(_all_sum) if mtp is not None else {}
             multiplier = lr_multiplier(schedule, step)  # the schedule counts updates from 0
             lr = cfg.optim.lr * multiplier
             if engine is not None:  # the spike guard is off (TrainConfig.validate)
@@ -278,6 +289,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "peak_memory_gb": peak_memory_gb(device), "data_wait_s": loader.data_wait_s,
                     "data_wait_frac": (loader.data_wait_s - wait_window) / dt,
                     "tokens_seen": loader.position.sequences_seen * seq_len,
+                    **mtp_metrics,
                 }
                 if lengths is not None:
                     metrics["seq_len"] = micro[0]["input_ids"].shape[1]

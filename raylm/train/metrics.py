@@ -45,7 +45,7 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class TensorBoard:
-    """Scalars to ``<folder>``; a no-op where ``folder`` is None (ranks other than 0)."""
+    """Scalars (and text) to ``<folder>``; a no-op where ``folder`` is None (ranks other than 0)."""
 
     def __init__(self, folder: str | None) -> None:
         self.writer = None
@@ -59,7 +59,9 @@ class TensorBoard:
         if self.writer is None:
             return
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, str):  # generation samples: TensorBoard's text tab
+                self.writer.add_text(key, value, step)
+            elif isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 

@@ -3,9 +3,9 @@
 torchtitan's order: fp8 linears, tensor parallelism on each block's linears
 (``raylm.train.tensor_parallel``), activation checkpointing (every block, every n-th, or
 only the MLP or attention of each), ``torch.compile`` per block, then FSDP2 ``fully_shard``
-on each block and on the root (or DDP around the whole model; DeepSpeed wraps it later, in
-``raylm.train.deepspeed``). The model module itself never imports ``torch.distributed``;
-this file is where it meets it.
+on each block, each multi-token-prediction module and the root (or DDP around the whole
+model; DeepSpeed wraps it later, in ``raylm.train.deepspeed``). The model module itself never
+imports ``torch.distributed``; this file is where it meets it.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def parallelize(model: nn.Module, strategy: str, precision: str, device: torch.d
             kw["mesh"] = mesh["dp"]
         for block in model.layers:
             fully_shard(block, **kw)
+        for module in model.mtp:  # multi-token-prediction depths: one unit each
+            fully_shard(module, **kw)
         fully_shard(model, **kw)
         return model
     raise ValueError(f"unknown strategy {strategy!r}")

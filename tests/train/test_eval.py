@@ -146,7 +146,9 @@ def fim_runs(prepared, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     storage = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, extra in (("eval", {"fail_at_step": 6, "max_failures": 1}), ("plain", {"eval.enabled": False})):
+    samples = {"eval.samples": {"prompts": ["It is a truth", "대한민국은"], "infill": [["The ", " of the"]],
+                                "max_new_tokens": 6}}
+    for name, extra in (("eval", {"fail_at_step": 6, "max_failures": 1, **samples}), ("plain", {"eval.enabled": False})):
         d = run_config(prepared, storage, name, **{"scale.strategy": "fsdp2", **extra})
         result = fit(train_config(d))
         assert result.error is None
@@ -180,9 +182,17 @@ def test_eval_reports_per_source_language_and_fim_middle(fim_runs):
     assert "val/books/loss" in result.metrics  # Ray's report (the final checkpoint's metrics)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tb = EventAccumulator(str(Path(run_dir(train_config(d))) / "tensorboard"))
+    tb = EventAccumulator(str(Path(run_dir(train_config(d))) / "tensorboard"), size_guidance={"tensors": 0})
     tb.Reload()
     assert [e.step for e in tb.Scalars("val/lang/ko/loss")][-3:] == [0, 4, 8]
+    # generation samples with every evaluation: the prompt continued, the middle between prefix and suffix
+    for step in (0, 4, 8):
+        r = by_step[step]
+        assert r["samples/0"].startswith("It is a truth") and len(r["samples/0"]) > len("It is a truth")
+        assert r["samples/1"].startswith("대한민국은")
+        assert r["samples/infill_0"].startswith("The [") and r["samples/infill_0"].endswith("] of the")
+    assert by_step[8]["samples/0"] != by_step[0]["samples/0"]  # what the model writes changes as it learns
+    assert [e.step for e in tb.Tensors("samples/0/text_summary")][-3:] == [0, 4, 8]
 
 
 def test_eval_leaves_training_exactly_as_without_it(fim_runs):
