@@ -158,8 +158,8 @@ def _branch(d: dict[str, Any], cfg: TrainConfig, old: TrainConfig, step: int, wh
     n = cfg.continual.decay_steps
     d["steps"] = step + n
     d["optim"]["schedule"].update(warmup_steps=sched.warmup_steps, total_steps=step + n, decay_fraction=n / (step + n))
-    if same_data(cfg, old) and (cfg.micro_batch_size, cfg.scale.data_parallel) != (old.micro_batch_size,
-                                                                                  old.scale.data_parallel):
+    same = d["data"] == to_dict(old.data)  # after replay, as the workers will see it (``same_data``)
+    if same and (cfg.micro_batch_size, cfg.scale.data_parallel) != (old.micro_batch_size, old.scale.data_parallel):
         raise ConfigError(f"continual.decay_steps: a branch on its run's own data goes on from its data position, "
                           f"which needs the same micro_batch_size ({old.micro_batch_size}) and data-parallel "
                           f"ranks ({old.scale.data_parallel}) as {where}'s run")
@@ -197,7 +197,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"continual.init_optimizer: the checkpoint's optimizer is {old.optim.name}, this run's "
                           f"{cfg.optim.name}")
     d = to_dict(cfg)
-    d["continual"].update(init_from=str(folder), init_optimizer=init_optimizer)
+    d["continual"].update(init_from=os.path.abspath(folder), init_optimizer=init_optimizer)
     if c.replay:
         _with_replay(d, cfg, old, state)
     if c.decay_steps:
