@@ -87,6 +87,9 @@ def _train(args: argparse.Namespace) -> int:
     held_out = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/") and k.endswith("/loss")}
     if held_out:
         print("held-out loss: " + ", ".join(f"{k.removesuffix('/loss')} {v:.4f}" for k, v in held_out.items()))
+    forgot = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("forgetting/") and k.endswith("/loss")}
+    if forgot:  # a continual run: the old domain's loss now minus at its start
+        print("forgetting: " + ", ".join(f"{k.split('/')[1]} {v:+.4f}" for k, v in forgot.items()))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     if folder:
         print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")

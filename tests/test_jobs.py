@@ -22,7 +22,7 @@ from raylm.data.pipeline import CurateConfig
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]
-TRAIN_CONFIGS = [p for p in ALL if p.name.startswith(("train", "pretrain"))]
+TRAIN_CONFIGS = [p for p in ALL if p.name.startswith(("train", "pretrain", "continual"))]
 PLAN_CONFIGS = [p for p in ALL if p.name.startswith("plan")]
 RECIPE_CONFIGS = [p for p in ALL if p.name.startswith("recipe")]
 

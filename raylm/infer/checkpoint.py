@@ -48,7 +48,8 @@ def read_config(folder: Path) -> TrainConfig:
     raise CheckpointError(f"{folder}: no {CONFIG} in the checkpoint or its run folder")
 
 
-def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
+def model_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model state dict of a checkpoint folder, on the CPU."""
     if (folder / MODEL).is_file():
         return torch.load(folder / MODEL, map_location="cpu", weights_only=True)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -65,7 +66,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     cfg = read_config(folder)
     with torch.device("meta"):
         model = Transformer(cfg.model)
-    model.load_state_dict(_state_dict(folder), assign=True)
+    model.load_state_dict(model_state_dict(folder), assign=True)
     model.reset_rope()  # the buffers are still on the meta device
     model.to(device=device, dtype=dtype)
     model.reset_rope(device)  # float32 rotary tables whatever ``dtype``, as in training

@@ -138,6 +138,57 @@ class EvalConfig:
                                   "(and not 'lang', which names the per-language metrics)")
 
 
+@dataclasses.dataclass(kw_only=True, slots=True)
+class ContinualConfig:
+    """Continual pretraining (``raylm.train.continual``): a new run that starts from another
+    run's checkpoint, on new data, replaying some of the old, and reports how much of the old
+    domain it forgets. Resolved on the driver before the run starts; a run with this section
+    still checkpoints and resumes as its own run (its own latest checkpoint wins over
+    ``init_from``)."""
+
+    init_from: str = ""
+    """A checkpoint folder, or a run folder (its latest checkpoint, resolved when the run
+    starts: name a checkpoint folder to pin it). The weights are loaded into this run's model,
+    whose architecture must be the checkpoint's; the step count, lr schedule, data position
+    and RNG are this run's own, from 0 (except in a WSD branch, ``decay_steps``)."""
+    init_optimizer: bool | None = None
+    """Also load the optimizer state (Adam's moments and step count; the lr, betas and weight
+    decay stay this run's). False suits new data: the old moments were estimated on the old
+    domain's gradients and mis-scale the first updates on the new one, which a fresh optimizer
+    re-estimates under this run's warmup (a re-warmed lr, as in Ibrahim et al. 2024). True
+    suits the same data or a slightly changed mix, where the moments are still right and a
+    fresh optimizer would need a warmup again. None: false, and true in a WSD branch (an exact
+    continuation needs it). Same ``optim.name`` as the checkpoint's; not with DeepSpeed."""
+    replay: float = 0.0
+    """Share of every global batch drawn from the checkpoint run's own training data, in [0, 1):
+    ``data`` becomes a mix of this run's data at ``1 - replay`` (its ``mix`` weights and
+    schedule scaled) and the old run's folders at ``replay``, as sources ``old_<name>`` in the
+    proportions the old run had trained on them; their realised share is logged as
+    ``mix/old_<name>``. Other old data: list them in ``data.sources`` and ``data.mix`` yourself."""
+    decay_steps: int = 0
+    """> 0: a WSD branch. From a stable-phase checkpoint (step S) of a ``wsd`` run, run only a
+    decay of this many steps: ``steps`` becomes S + decay_steps, the lr is the decay part of
+    the wsd schedule the old run would have had with its decay starting at S (same peak lr and
+    warmup; this run's ``decay_shape`` and ``min_lr_ratio``), and the step count, optimizer,
+    RNG, spike guard and, on the same ``data``, the data position go on from the checkpoint."""
+    forgetting_sets: list[str] | None = None
+    """Eval sets on which ``forgetting/<set>/loss`` (the loss now minus the loss at this run's
+    start) and ``forgetting/<set>/ppl_ratio`` (perplexity now over at the start) are reported
+    at every evaluation. None: every set except the held-out splits of data the checkpoint run
+    did not train on (the new domain, whose loss is meant to fall). The checkpoint run's
+    held-out splits are evaluated too (as ``old_<name>``), and always at the start."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.replay < 1.0:
+            raise ConfigError(f"replay: {self.replay} must be in [0, 1)")
+        if self.decay_steps < 0:
+            raise ConfigError(f"decay_steps: {self.decay_steps} must be >= 0")
+        if not self.init_from and (self.replay or self.decay_steps or self.init_optimizer
+                                   or self.forgetting_sets is not None):
+            raise ConfigError("replay, decay_steps, init_optimizer and forgetting_sets need init_from "
+                              "(the checkpoint to start from)")
+
+
 @dataclasses.dataclass(kw_only=True)
 class DeepSpeedConfig:
     """DeepSpeed ZeRO (Rajbhandari et al. 2020) options; raylm writes DeepSpeed's JSON from them
@@ -276,6 +327,9 @@ class TrainConfig:
     """objective mlm: BERT 80/10/10 or SpanBERT masking (the vocabulary is ``model``'s)."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Held-out evaluation: when, on which sets, how many sequences."""
+    continual: ContinualConfig = dataclasses.field(default_factory=ContinualConfig)
+    """Continual pretraining: start from another run's checkpoint, replay its data, branch its
+    WSD decay, report forgetting."""
 
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
@@ -298,6 +352,10 @@ class TrainConfig:
             if self.optim.name != "adamw":
                 raise ConfigError(f"optim.name: {self.optim.name!r}: raylm's DeepSpeed strategy runs adamw only")
         self._validate_objective()
+        c = self.continual
+        if c.init_from and self.scale.strategy == "deepspeed" and (c.init_optimizer or c.decay_steps):
+            raise ConfigError("continual: with scale.strategy deepspeed only the weights are loaded; "
+                              "init_optimizer and decay_steps (a WSD branch) need ddp or fsdp2")
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")

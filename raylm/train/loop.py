@@ -14,6 +14,9 @@ After the backward pass the spike guard (``raylm.train.stability``) sees the los
 gradient norm: a spike skips the optimizer step (the data still advance, so the batch is not
 seen again), and too many spikes roll the weights and optimizer back to the last checkpoint
 while the data continue after the offending batches (PaLM, Chowdhery et al. 2022, sec. 5.1).
+
+A continual run (``raylm.train.continual``) starts from another run's weights when Ray Train
+has no checkpoint of its own to restore, and reports forgetting against its first evaluation.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from raylm.model import Transformer
 from raylm.model.mup import mup_lr_scale
 from raylm.optim.optimizers import apply_lr, build_optimizer
 from raylm.optim.schedules import lr_multiplier
-from raylm.train import checkpoint
+from raylm.train import checkpoint, continual
 from raylm.train.config import TrainConfig, train_config
 from raylm.train.evaluate import Evaluator
 from raylm.train.metrics import TensorBoard, mfu, peak_memory_gb, peak_tflops
@@ -138,6 +141,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = parallelize(model, sc.strategy, precision, device, sc.checkpoint_mode, sc.compile,
                         checkpoint_every=sc.checkpoint_every, tensor_parallel=sc.tensor_parallel, fp8=sc.fp8)
     optimizer = build_optimizer(model, cfg.optim, mup_lr_scale(cfg.model))
+    restored = ray.train.get_checkpoint()  # this run's own: a resume, never from continual.init_from again
+    start = None
+    if restored is None and cfg.continual.init_from:  # before DeepSpeed, whose ZeRO partitions the loaded weights
+        start = continual.load_init(cfg, model, optimizer, rank)
     engine = None  # DeepSpeed's engine: it steps, clips and reduces in place of the code below
     if sc.strategy == "deepspeed":
         from raylm.train import deepspeed
@@ -152,13 +159,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if schedule.total_steps is None:
         schedule.total_steps = cfg.steps
 
-    step, position = 0, None
-    restored = ray.train.get_checkpoint()
+    step, position, eval_start = 0, None, None  # eval_start: the start's losses, forgetting's baseline
     if restored is not None:
         with restored.as_directory() as folder:
             state = checkpoint.load(folder, model, optimizer, rank)
         step, position = state["step"], position_from_dict(state["data"])
         guard.load_state_dict(state["spike_guard"])
+        eval_start = state.get("eval_start")
+    elif start is not None:
+        step, position = start.step, start.position
+        if start.spike_guard is not None:
+            guard.load_state_dict(start.spike_guard)
 
     local = _LocalCheckpoints(cfg.name, rank)
     tb = TensorBoard(os.path.join(run_dir, "tensorboard") if run_dir and rank == 0 else None)
@@ -181,6 +192,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         folder = local.new(step)
         state = {"step": step, "data": loader.position.state_dict(), "spike_guard": guard.state_dict()}
+        if eval_start is not None:
+            state["eval_start"] = eval_start
         checkpoint.save(folder, model, optimizer, state, rank, config=config["train"])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         local.keep(folder)
@@ -195,10 +208,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     mix_window = dict.fromkeys(getattr(loader, "counts", {}), 0)
     seq_len: int | None = None
     try:
-        if step == 0 and evaluator.due(0):
-            start = {"step": 0, **evaluator(model, 0)}
-            log(start)
-            ray.train.report(start)
+        if restored is None and evaluator.due(0):  # step 0, or a WSD branch's first step
+            first = {"step": step, **evaluator(model, step)}
+            if cfg.continual.forgetting_sets:
+                eval_start = continual.baseline(first)
+            log(first)
+            ray.train.report(first)
             t_window = time.perf_counter()
         while step < cfg.steps:
             micro = [next(loader) for _ in range(cfg.grad_accum)]
@@ -288,6 +303,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     metrics["mfu"] = util
                 if eval_now:
                     metrics.update(evaluator(model, step))
+                    if eval_start is not None:
+                        metrics.update(continual.forgetting(eval_start, metrics, cfg.continual.forgetting_sets))
                 log(metrics)
                 save_and_report(metrics, bool(ckpt_now))
                 tokens_window, t_window, wait_window = 0, time.perf_counter(), loader.data_wait_s

@@ -7,7 +7,9 @@ spot node) restarts its workers from the latest checkpoint by itself. With local
 rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an object store
 (``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.storage.RunLog`` writes them
 there from the driver. Before any worker starts, the data are checked against the objective
-(``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders.
+(``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders; a
+continual run (``continual.init_from``) is resolved against its checkpoint
+(``raylm.train.continual.resolve``) and its ``config.json`` is the resolved config.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raylm.train.continual import resolve
     from raylm.train.evaluate import check_sets
     from raylm.train.loop import train_loop_per_worker
     from raylm.train.objective import check_data
 
+    cfg = resolve(cfg)  # continual.init_from: the run it means (replay sources, branch schedule, old eval sets)
     env = {**storage.use_endpoint(cfg.storage_endpoint), **(env or {})}
     check_data(cfg)  # the objective's demands on the shards, and the eval sets, before anything starts
     check_sets(cfg)

@@ -2,13 +2,12 @@
 (and FIM), real 2-worker Ray Train runs that evaluate while they train (objective fim, and
 mlm on an encoder), and ``raylm eval`` on their checkpoints.
 
-One module fixture prepares two sources that each mix English and Korean documents; the
-runs share it.
+The session fixture ``prepared`` (``tests/train/sample.py``) holds two sources that each mix
+English and Korean documents; the runs share it.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -19,46 +18,15 @@ import pytest
 
 from raylm.cli import main
 from raylm.config import ConfigError, from_dict
-from raylm.data.prepare import HeldOutConfig, PrepareConfig, held_out, prepare
+from raylm.data.prepare import HeldOutConfig, PrepareConfig, held_out
 from raylm.data.shards import UNIT_SHIFT, read_manifest
-from raylm.data.tokenizer import EOS_ID, TokenizerConfig, load_tokenizer, train_from_iterator
-from raylm.data.transforms import FIMConfig, fim_transform_middle
+from raylm.data.tokenizer import EOS_ID, load_tokenizer
+from raylm.data.transforms import fim_transform_middle
 from raylm.train.config import train_config
 from raylm.train.trainer import fit, read_metrics, run_dir
+from tests.train.sample import FIM, SEQ_LEN, SOURCES, VAL, VOCAB
 
-SAMPLE = Path(__file__).parents[2] / "data/sample/corpus.jsonl.gz"
-SEQ_LEN, VOCAB, STEPS = 64, 1024, 8
-SOURCES = {"books": ("gutenberg-105", "kolaw"), "web": ("devils-dictionary", "kobill")}
-VAL = HeldOutConfig(fraction=0.15, seed=1)
-FIM = FIMConfig(rate=0.5, spm_rate=0.5, seed=2)
-
-
-@pytest.fixture(scope="module")
-def prepared(ray_session, tmp_path_factory) -> dict:
-    """Curated Parquet (id, text, lang) per source in two files (and a one-document source), a
-    1024-piece BPE, and ``prepare`` with a 15% held-out split and FIM at rate 0.5."""
-    tmp = tmp_path_factory.mktemp("eval")
-    with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    files: dict[str, list[list[dict]]] = {}
-    for name, origins in SOURCES.items():
-        mine = [d for d in docs if d["source"] in origins]
-        files[name] = [mine[0::2], mine[1::2]]
-        (tmp / "curated" / name).mkdir(parents=True)
-        for i, part in enumerate(files[name]):
-            pq.write_table(pa.table({k: [d[k] for d in part] for k in ("id", "text", "lang")}),
-                           tmp / "curated" / name / f"part-{i}.parquet")
-    # a one-document source whose document is not held out: its val split is empty
-    tiny = next(d for d in docs if not held_out([d["text"]], VAL)[0])
-    (tmp / "curated" / "tiny").mkdir(parents=True)
-    pq.write_table(pa.table({k: [tiny[k]] for k in ("id", "text", "lang")}), tmp / "curated" / "tiny" / "part-0.parquet")
-    lines = [x for d in docs for x in d["text"].splitlines() if x.strip()]
-    model = str(train_from_iterator(lines[::2], str(tmp / "tok"),
-                                    TokenizerConfig(vocab_size=VOCAB, num_threads=1, character_coverage=0.98)))
-    cfg = PrepareConfig(tokenizer=model, seq_len=SEQ_LEN, batch_size=64, rows_per_shard=1000, val=VAL, fim=FIM,
-                        sources={name: [str(tmp / "curated" / name)] for name in (*SOURCES, "tiny")})
-    summary = prepare(cfg, str(tmp / "tokens"))
-    return {"root": tmp, "tokens": tmp / "tokens", "files": files, "model": model, "summary": summary}
+STEPS = 8
 
 
 def stream(folder: Path) -> tuple[np.ndarray, np.ndarray, list | None, np.ndarray | None]:
