@@ -38,22 +38,11 @@ import torch
 
 from raylm.model import Transformer, model_config
 from raylm.model.attention import flash_available
+from raylm.model.hf import llama_model
 from raylm.train.metrics import peak_tflops
 from raylm.train.parallel import apply_compile
 
 HERE = Path(__file__).resolve().parent
-
-
-def hf_model(cfg, device):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
-                     num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                     num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
-                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                     attention_bias=False, mlp_bias=False)
-    hf._attn_implementation = "sdpa"
-    return LlamaForCausalLM(hf).to(device)
 
 
 def time_steps(step, warmup: int, steps: int, device) -> float:
@@ -122,7 +111,7 @@ def bench(size: str, seq_len: int, batch: int, warmup: int, steps: int, device, 
         del ours
         free(device)
     try:
-        base = hf_model(cfg, device)
+        base = llama_model(cfg).to(device)  # sdpa attention, Hugging Face's init
     except ImportError:
         result["hf_llama"] = None
         result["note"] = "transformers is not installed: no baseline"
