@@ -76,6 +76,13 @@ def _train(args: argparse.Namespace) -> int:
                       [(f"data.sources.{k}", v) for k, v in cfg.data.sources.items()]):
         if not Path(path).exists() and "://" not in path:
             raise InputError(f"{key}: {path}: no such folder")
+    if args.print_config:  # the config the run would get (YAML, --set and --from-sweep applied), and stop
+        import yaml
+
+        from raylm.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return 0
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
     result = fit(cfg)
     folder = run_dir(cfg)
@@ -262,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     tr.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
     tr.add_argument("--from-sweep", metavar="BEST_JSON", help="apply a sweep's best values (μP: at a new width)")
+    tr.add_argument("--print-config", action="store_true",
+                    help="print the resolved config as YAML and exit without training")
     tr.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prompt (or fill in the middle) with a trained checkpoint")

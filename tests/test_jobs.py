@@ -161,7 +161,7 @@ def head(tmp_path_factory):
 
 def test_ray_job_submit_to_a_token_authenticated_head(head, tmp_path):
     """The job API refuses a wrong token; a submitted training job runs on the cluster."""
-    from tests.train.test_train import SAMPLE
+    from tests.train.sample import SAMPLE
 
     address, env = head
     wrong = subprocess.run([str(RAY), "job", "list", "--address", address], capture_output=True, text=True,

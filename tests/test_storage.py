@@ -17,7 +17,7 @@ from raylm import storage
 from raylm.config import ConfigError
 from raylm.train.config import train_config
 from raylm.train.trainer import fit, read_metrics
-from tests.train.test_train import config, shards  # noqa: F401  (the packed sample corpus)
+from tests.train.sample import config
 
 BUCKET = "raylm-test"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -53,7 +53,7 @@ def _objects(endpoint: str, prefix: str) -> dict[str, int]:
     return {i.path.removeprefix(root + "/"): i.size for i in infos if i.type == pafs.FileType.File}
 
 
-def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):  # noqa: F811
+def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):
     fs, root = storage.filesystem(f"s3://{BUCKET}/tokens", s3)
     pafs.copy_files(shards, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     assert list(_objects(s3, "tokens")) == ["shard-00000.parquet"]

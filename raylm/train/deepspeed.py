@@ -10,7 +10,11 @@ ZeRO shards its state. Offload keeps it on the CPU (``zero_force_ds_cpu_optimize
 compiled CPUAdam is needed).
 
 On CPU (tests, laptops) DeepSpeed runs with its CPU accelerator (``DS_ACCELERATOR=cpu``,
-set here before deepspeed is first imported) over the gloo process group Ray Train made.
+set here before deepspeed is first imported) over the gloo process group Ray Train made. Its
+communication backend would JIT-compile a shared-memory all-reduce kernel (the
+``deepspeed_shm_comm`` op: a minute or more of g++ on a small machine, in every fresh
+environment) that only DeepSpeed's inference all-reduce calls; training over gloo never does,
+so the op is marked unavailable for CPU runs and nothing is compiled.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCon
     except ImportError:
         raise RuntimeError("scale.strategy deepspeed needs DeepSpeed: pip install 'raylm[deepspeed]'") from None
     deepspeed.utils.logger.setLevel(logging.WARNING)
+    if device.type == "cpu":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module docstring
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, precision),
                                            dist_init_required=False)
     return engine

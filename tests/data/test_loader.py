@@ -1,10 +1,9 @@
-"""Feeding Ray Train: deterministic global order, exact resume, world-size check, real TorchTrainer."""
+"""Feeding Ray Train: deterministic global order, exact resume, world-size check. Resume across a
+real Ray Train restart (a killed worker): ``tests/train/test_preemption.py``."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -102,94 +101,6 @@ def test_world_size_change_is_refused(packed_dir):
         TrainBatches(packed_dir, B, 0, 3, pos, seed=SEED, window=WINDOW)
     with pytest.raises(ValueError, match="seed"):
         TrainBatches(packed_dir, B, 0, 2, pos, seed=SEED + 1, window=WINDOW)
-
-
-def _train_loop(cfg):
-    import tempfile
-
-    import ray.train
-    import torch
-    import torch.distributed as dist
-
-    from raylm.data.loader import DataPosition, TrainBatches
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    position, step = None, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d, open(os.path.join(d, "data_position.json")) as f:
-            state = json.load(f)
-        position, step = DataPosition.from_dict(state["data"]), state["step"]
-    weight = torch.zeros(1)  # a 1-parameter "model": its update is a real gloo all_reduce
-    with TrainBatches(cfg["data"], cfg["batch_size"], rank, world, position, seed=cfg["seed"],
-                      window=cfg["window"], num_sequences=cfg["n"]) as it, \
-            open(os.path.join(cfg["log_dir"], f"rank{rank}.jsonl"), "a") as log:
-        for batch in it:
-            step += 1
-            grad = batch["input_ids"].float().mean().reshape(1)
-            dist.all_reduce(grad)
-            weight -= 1e-3 * grad / world
-            log.write(json.dumps({"step": step, "ids": batch["seq_id"].tolist(), "wait": it.last_wait_s}) + "\n")
-            log.flush()
-            if step in cfg["report_at"] or step == cfg["stop_at"]:
-                with tempfile.TemporaryDirectory() as d:
-                    ckpt = None
-                    if rank == 0:
-                        with open(os.path.join(d, "data_position.json"), "w") as f:
-                            json.dump({"step": step, "data": it.position.state_dict()}, f)
-                        ckpt = ray.train.Checkpoint.from_directory(d)
-                    ray.train.report({"step": step, **it.stats()}, checkpoint=ckpt)
-            if step == cfg["stop_at"]:
-                return
-
-
-def _fit(name: str, storage: Path, log_dir: Path, stop_at: int, packed_dir: str, report_at=()):
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    log_dir.mkdir(exist_ok=True)
-    cfg = {"data": packed_dir, "batch_size": B, "seed": SEED, "window": WINDOW, "n": N,
-           "log_dir": str(log_dir), "stop_at": stop_at, "report_at": list(report_at)}
-    return TorchTrainer(
-        _train_loop,
-        train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=W, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=name, storage_path=str(storage)),
-    ).fit()
-
-
-def _steps(log_dir: Path) -> list[list[list[int]]]:
-    per_rank = []
-    for r in range(W):
-        rows = [json.loads(line) for line in (log_dir / f"rank{r}.jsonl").read_text().splitlines()]
-        assert [row["step"] for row in rows] == list(range(1, len(rows) + 1))
-        assert all(row["wait"] >= 0 for row in rows)
-        per_rank.append([row["ids"] for row in rows])
-    return [list(s) for s in zip(*per_rank)]
-
-
-def test_torch_trainer_resume_matches_uninterrupted_run(ray_session, packed_dir, tmp_path, monkeypatch):
-    """Run B stops after k steps with a checkpoint, run C (same RunConfig name, so
-    ``ray.train.get_checkpoint()`` is B's step-k checkpoint) finishes; B + C must equal the
-    uninterrupted order. The uninterrupted reference A is the same TrainBatches run in this
-    process for both ranks (it equals ``global_order``, see ``check_epochs``): a third trainer
-    run would cost another ~15 s of worker start-up on a 2-core machine and check nothing more."""
-    # the controller polls its workers every 2 s by default: most of a short run's wall time
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    K, k = STEPS_PER_EPOCH + 5, 10  # the resumed run crosses the epoch boundary
-    full = [list(s) for s in zip(*[take(packed_dir, r, K, num_epochs=None)[0] for r in range(W)])]
-    assert len(full) == K
-    check_epochs(full, full_epochs=1)
-
-    storage = tmp_path / "results"
-    b = _fit("resume", storage, tmp_path / "BC", k, packed_dir, report_at=[4])  # checkpoints at 4 and k
-    assert b.checkpoint is not None and b.metrics["step"] == k and b.metrics["data_wait_s"] >= 0
-    assert _steps(tmp_path / "BC") == full[:k]
-    c = _fit("resume", storage, tmp_path / "BC", K, packed_dir)  # same name: get_checkpoint() is step k
-    assert c.metrics["step"] == K
-    assert _steps(tmp_path / "BC") == full
 
 
 def test_id_map_maps_indices_to_unit_position_ids_and_back():

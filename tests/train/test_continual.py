@@ -46,19 +46,17 @@ def continual_config(prepared: dict, storage: Path, name: str, init_from: str, *
 @pytest.fixture(scope="module")
 def runs(prepared, tmp_path_factory) -> dict:
     storage = tmp_path_factory.mktemp("continual")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-        wsd = wsd_config(prepared, storage, "wsd")
-        assert fit(train_config(wsd)).error is None
-        wsd_run = run_dir(train_config(wsd))
-        configs = {
-            "wsd": wsd,
-            "branch": wsd_config(prepared, storage, "branch",
-                                 continual={"init_from": str(checkpoint_at(wsd_run, 4)), "decay_steps": 4}),
-            "cont": continual_config(prepared, storage, "cont", wsd_run, fail_at_step=6, max_failures=1),
-        }
-        for name in ("branch", "cont"):
-            assert fit(train_config(configs[name])).error is None
+    wsd = wsd_config(prepared, storage, "wsd")
+    assert fit(train_config(wsd)).error is None
+    wsd_run = run_dir(train_config(wsd))
+    configs = {
+        "wsd": wsd,
+        "branch": wsd_config(prepared, storage, "branch",
+                             continual={"init_from": str(checkpoint_at(wsd_run, 4)), "decay_steps": 4}),
+        "cont": continual_config(prepared, storage, "cont", wsd_run, fail_at_step=6, max_failures=1),
+    }
+    for name in ("branch", "cont"):
+        assert fit(train_config(configs[name])).error is None
     out = {}
     for name, d in configs.items():
         folder = run_dir(train_config(d))

@@ -138,28 +138,22 @@ def run_config(prepared: dict, storage: Path, name: str, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fim_runs(prepared, tmp_path_factory, monkeypatch_module):
+def fim_runs(prepared, tmp_path_factory):
     """A 2-worker FSDP2 FIM run that evaluates at steps 0, 4 and 8 and whose rank-1 process is
     killed at step 6 (restart from the step-4 checkpoint), and the same run without evaluation.
     38 sequences per set in forwards of 3 per rank: rank 1 has none left for the last forward
-    and runs it anyway (FSDP2's all-gathers need every rank)."""
-    monkeypatch_module.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    and runs it anyway (FSDP2's all-gathers need every rank). Its generation samples are drawn
+    (temperature 0.8, top-k 20, seeded) on every rank from the FSDP2-sharded model."""
     storage = tmp_path_factory.mktemp("runs")
     out = {}
     samples = {"eval.samples": {"prompts": ["It is a truth", "대한민국은"], "infill": [["The ", " of the"]],
-                                "max_new_tokens": 6}}
+                                "max_new_tokens": 6, "temperature": 0.8, "top_k": 20, "seed": 5}}
     for name, extra in (("eval", {"fail_at_step": 6, "max_failures": 1, **samples}), ("plain", {"eval.enabled": False})):
         d = run_config(prepared, storage, name, **{"scale.strategy": "fsdp2", **extra})
         result = fit(train_config(d))
         assert result.error is None
         out[name] = (d, result, read_metrics(run_dir(train_config(d))))
     return out
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def test_eval_reports_per_source_language_and_fim_middle(fim_runs):
@@ -222,6 +216,25 @@ def test_eval_equals_a_single_process_recomputation(fim_runs, prepared):
     assert got.keys() == reported.keys()
     for k, v in reported.items():
         assert got[k] == (v if k.endswith("/tokens") else pytest.approx(v, rel=1e-6)), k
+
+
+def test_samples_in_training_are_the_unsharded_models(fim_runs):
+    """The step-8 samples, drawn inside the 2 Ray Train workers from the FSDP2-sharded model in
+    train mode, are what the step-8 checkpoint writes in one process with the same sampling."""
+    from raylm.infer.checkpoint import load_model
+    from raylm.infer.generate import SamplingConfig
+    from raylm.infer.text import complete, infill, resolve_tokenizer
+
+    d, _, rows = fim_runs["eval"]
+    model, cfg, _ = load_model(checkpoint_at(run_dir(train_config(d)), 8))
+    s = cfg.eval.samples
+    sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, seed=s.seed)
+    sp, add_bos = resolve_tokenizer(cfg)
+    final = next(r for r in rows if r["step"] == 8)
+    for i, prompt in enumerate(s.prompts):
+        assert final[f"samples/{i}"] == complete(model, sp, prompt, sampling, add_bos=add_bos)[0]
+    (prefix, suffix), = s.infill
+    assert final["samples/infill_0"] == f"{prefix}[{infill(model, sp, prefix, suffix, sampling)[0]}]{suffix}"
 
 
 def test_raylm_eval_prints_the_in_training_numbers(fim_runs, prepared, tmp_path, capsys):

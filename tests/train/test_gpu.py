@@ -16,7 +16,7 @@ from raylm.train.config import train_config
 from raylm.train.parallel import apply_compile
 from raylm.train.trainer import fit, read_metrics, run_dir
 from tests.model.batches import packed_batch
-from tests.train.test_train import config, shards  # noqa: F401  (module fixture)
+from tests.train.sample import config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -70,7 +70,7 @@ def test_compiled_auto_attention_uses_flex_for_packed_rows_without_flash_attn():
 
 
 @pytest.mark.parametrize("precision,compile", [("bf16", True), ("fp16", False)])
-def test_one_gpu_worker_learns(ray_session, shards, tmp_path, precision, compile):  # noqa: F811
+def test_one_gpu_worker_learns(ray_session, shards, tmp_path, precision, compile):
     d = config(shards, tmp_path, f"gpu-{precision}", 1, **{
         "scale.use_gpu": True, "scale.precision": precision, "scale.compile": compile,
         "scale.cpus_per_worker": 1, "model.attention": "auto",

@@ -1,7 +1,8 @@
 """Preemption: a Ray Train worker process killed from outside (SIGKILL, as a reclaimed spot
 node gives) at a random step. With ``max_failures`` the run restarts its workers from the
 latest checkpoint and finishes with exactly the loss curve and the data order (the seq_ids
-every rank trained on, step by step) of an uninterrupted run."""
+every rank trained on, step by step) of the uninterrupted run: the session's 2-worker DDP
+reference run (``reference_runs["ddp"]``: 8 steps, checkpoints every 3, seq_ids logged)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from raylm.train.config import train_config
 from raylm.train.trainer import fit, read_metrics, run_dir
-from tests.train.test_train import config, shards  # noqa: F401  (the packed sample corpus)
+from tests.train.sample import STEPS, config
 
-STEPS, EVERY = 12, 3
+EVERY = 3  # the reference run's checkpoint interval
 
 
 def seq_log(folder: str, rank: int) -> list[dict]:
@@ -53,19 +52,11 @@ class Killer(threading.Thread):
             time.sleep(0.002)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(ray_session, shards, tmp_path_factory):  # noqa: F811
-    d = config(shards, tmp_path_factory.mktemp("runs"), "whole", 2, steps=STEPS, log_seq_ids=True,
-               **{"checkpoint.every": EVERY})
-    assert fit(train_config(d)).error is None
-    return d
-
-
-def test_worker_killed_at_a_random_step_resumes_exactly(uninterrupted, shards, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    kill_at = random.randint(EVERY + 1, STEPS - 2)
-    d = config(shards, tmp_path, "preempted", 2, steps=STEPS, log_seq_ids=True, max_failures=1,
-               **{"checkpoint.every": EVERY})
+def test_worker_killed_at_a_random_step_resumes_exactly(reference_runs, shards, tmp_path):
+    uninterrupted = reference_runs["ddp"][0]
+    assert uninterrupted["checkpoint"]["every"] == EVERY and uninterrupted["log_seq_ids"]
+    kill_at = random.randint(EVERY + 1, STEPS - 1)
+    d = config(shards, tmp_path, "preempted", 2, log_seq_ids=True, max_failures=1)
     folder = run_dir(train_config(d))
     os.makedirs(folder, exist_ok=True)
     killer = Killer(folder, rank=1, step=kill_at)

@@ -1,6 +1,6 @@
 """Tensor parallelism (DTensor, Megatron split) composed with FSDP2 on a 2-D mesh, in real
 Ray Train runs with gloo: a (dp=2, tp=2) mesh of 4 workers follows the
-1-worker run with the same global batch."""
+session's 1-worker reference run with the same global batch."""
 
 from __future__ import annotations
 
@@ -13,18 +13,11 @@ import pytest
 from raylm.config import ConfigError
 from raylm.train.config import train_config
 from raylm.train.trainer import fit, run_dir
-from tests.train.test_train import STEPS, config, losses, shards  # noqa: F401  (module fixture)
-
-
-@pytest.fixture(scope="module")
-def one_worker(ray_session, shards, tmp_path_factory):  # noqa: F811
-    d = config(shards, tmp_path_factory.mktemp("one"), "one", 1)
-    assert fit(train_config(d)).error is None
-    return losses(d)
+from tests.train.sample import STEPS, config, losses
 
 
 @pytest.mark.parametrize("workers,tp", [(4, 2)])
-def test_tensor_parallel_follows_the_one_worker_run(one_worker, shards, tmp_path, workers, tp):  # noqa: F811
+def test_tensor_parallel_follows_the_one_worker_run(reference_runs, shards, tmp_path, workers, tp):
     d = config(shards, tmp_path, f"tp{workers}x{tp}", workers,
                **{"scale.strategy": "fsdp2", "scale.tensor_parallel": tp, "micro_batch_size": 8 * tp // workers,
                   "scale.cpus_per_worker": 0.25})
@@ -34,7 +27,7 @@ def test_tensor_parallel_follows_the_one_worker_run(one_worker, shards, tmp_path
     assert result.error is None
     tp_losses = losses(d)
     assert len(tp_losses) == STEPS
-    np.testing.assert_allclose(tp_losses, one_worker, rtol=2e-4)
+    np.testing.assert_allclose(tp_losses, losses(reference_runs["one"][0]), rtol=2e-4)
     meta = json.loads((Path(run_dir(cfg)) / "meta.json").read_text())
     assert meta["tensor_parallel"] == tp and meta["data_parallel"] == workers // tp
 
