@@ -71,11 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = transfer(args.from_sweep, cfg)
         print(f"from {args.from_sweep}: d_model {cfg.model.d_model} (base {cfg.model.base_width}), "
               f"{cfg.model.parametrization}, lr {cfg.optim.lr:g}, init_std {cfg.model.init_std:g}, "
-              f"output_mult {cfg.model.output_mult:g}")
-    for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else
-                      [(f"data.sources.{k}", v) for k, v in cfg.data.sources.items()]):
-        if not Path(path).exists() and "://" not in path:
-            raise InputError(f"{key}: {path}: no such folder")
+              f"output_mult {cfg.model.output_mult:g}", file=sys.stderr if args.print_config else sys.stdout)
     if args.print_config:  # the config the run would get (YAML, --set and --from-sweep applied), and stop
         import yaml
 
@@ -83,6 +79,10 @@ def _train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
+    for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else
+                      [(f"data.sources.{k}", v) for k, v in cfg.data.sources.items()]):
+        if not Path(path).exists() and "://" not in path:
+            raise InputError(f"{key}: {path}: no such folder")
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
     result = fit(cfg)
     folder = run_dir(cfg)
@@ -270,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray")
     tr.add_argument("--from-sweep", metavar="BEST_JSON", help="apply a sweep's best values (μP: at a new width)")
     tr.add_argument("--print-config", action="store_true",
-                    help="print the resolved config as YAML and exit without training")
+                    help="print the resolved config as YAML (stdout) and exit without training")
     tr.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prompt (or fill in the middle) with a trained checkpoint")

@@ -54,11 +54,13 @@ def test_sweep_writes_results_and_best_and_transfers(ray_session, sweep_yaml, tm
 
     # raylm train --from-sweep: the best values over the YAML's and --set's (the run itself: the trials)
     train_yaml = tmp_path / "train.yaml"
+    capsys.readouterr()  # what the sweep printed
     code = main(["train", "-c", str(train_yaml), "--from-sweep", str(root / "best.json"), "--print-config",
                  "--set", "model.d_model=128", "--set", "model.n_layers=3", "--set", "optim.lr=1"])
     assert code == 0
-    out = capsys.readouterr().out
-    cfg = yaml.safe_load(out[out.index("\nname:") + 1:])  # after the line naming what was transferred
+    out, err = capsys.readouterr()
+    cfg = yaml.safe_load(out)  # YAML alone on stdout: a file to train with later
+    assert "d_model 128 (base 64)" in err
     assert cfg["optim"]["lr"] == 3e-3 and cfg["model"]["base_width"] == 64 and cfg["model"]["d_model"] == 128
     assert cfg["model"]["n_layers"] == 3 and train_config(cfg).model.width_mult == 2
 
