@@ -150,7 +150,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def run_metadata(cfg: Any, model: nn.Module, precision: str, world: int) -> dict[str, Any]:
     """What a run's parallelism is, for ``meta.json`` next to its metrics: strategy (and ZeRO
     stage and offload), tensor-parallel degree, precision, fp8, compile, and the activation
-    checkpointing mode with the modules it recomputes."""
+    checkpointing mode with the modules it recomputes, and the worker's torch CPU threads."""
     sc = cfg.scale
     mode = sc.checkpoint_mode
     meta: dict[str, Any] = {
@@ -159,6 +159,7 @@ def run_metadata(cfg: Any, model: nn.Module, precision: str, world: int) -> dict
         "activation_checkpointing": mode,
         "checkpointed_modules": checkpointed_modules(model, mode, sc.checkpoint_every),
         "num_params": cfg.model.num_params(), "global_batch_size": cfg.global_batch_size,
+        "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS to the worker's CPUs
     }
     if sc.strategy == "deepspeed":
         from raylm.train.deepspeed import ds_config

@@ -67,6 +67,11 @@ def config(shards: str, storage: Path, name: str, workers: int, **kw) -> dict:
         "checkpoint": {"every": 3, "keep": 2},
         "tensorboard": True,
     }
+    return with_keys(base, kw)
+
+
+def with_keys(base: dict, kw: dict) -> dict:
+    """``base`` with each dotted key of ``kw`` (``"scale.strategy"``) set, in place; returns it."""
     for key, value in kw.items():
         node = base
         *parents, leaf = key.split(".")

@@ -24,7 +24,7 @@ from raylm.data.tokenizer import EOS_ID, load_tokenizer
 from raylm.data.transforms import fim_transform_middle
 from raylm.train.config import train_config
 from raylm.train.trainer import fit, read_metrics, run_dir
-from tests.train.sample import FIM, SEQ_LEN, SOURCES, VAL, VOCAB
+from tests.train.sample import FIM, SEQ_LEN, SOURCES, VAL, VOCAB, with_keys
 
 STEPS = 8
 
@@ -128,13 +128,7 @@ def run_config(prepared: dict, storage: Path, name: str, **kw) -> dict:
         "checkpoint": {"every": 4, "keep": 3},
         "objective": "fim", "eval": {"every": 4, "at_start": True, "max_sequences": 38, "batch_size": 3},
     }
-    for key, value in kw.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return base
+    return with_keys(base, kw)
 
 
 @pytest.fixture(scope="module")
