@@ -86,14 +86,19 @@ def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):
 
 
 def test_storage_endpoint_must_be_a_url():
+    from raylm.config import from_dict
+    from raylm.data.pipeline import CurateConfig
+
     with pytest.raises(ConfigError, match="storage_endpoint"):
         train_config({"data": {"path": "x"}, "storage_endpoint": "127.0.0.1:9000"})
+    with pytest.raises(ConfigError, match="storage_endpoint"):
+        from_dict(CurateConfig, {"storage_endpoint": "127.0.0.1:9000"})
 
 
 def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     """``raylm curate s3://... -o s3://...`` (a process with its own local Ray, the endpoint
-    in its environment as a job's runtime_env would set it), then the same command after its
-    stats.json is lost: it resumes from the per-file outputs kept in the bucket."""
+    from ``storage_endpoint`` in its config, none in its environment), then the same command
+    after its stats.json is lost: it resumes from the per-file outputs kept in the bucket."""
     import json
     import subprocess
     import sys
@@ -106,8 +111,10 @@ def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     with fs.open_output_stream(f"{root}/part-0-copy.jsonl") as f:
         f.write((json.dumps({"id": "copy", "text": "document 1 of file 0, with some words"}) + "\n").encode())
     cmd = [sys.executable, "-m", "raylm.cli", "curate", f"s3://{BUCKET}/raw", "-o", f"s3://{BUCKET}/curated",
-           "--set", "steps=[normalize, exact_dedup]", "--set", "keep_work=true", "--set", "ray.num_cpus=2"]
-    env = {**os.environ, storage.ENDPOINT_ENV: s3, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+           "--set", "steps=[normalize, exact_dedup]", "--set", "keep_work=true", "--set", "ray.num_cpus=2",
+           "--set", f"storage_endpoint={s3}"]
+    env = {k: v for k, v in os.environ.items() if k != storage.ENDPOINT_ENV}
+    env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
 
     def curate() -> dict:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

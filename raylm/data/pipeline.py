@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raylm import storage
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.data import read as R
 from raylm.data.runner import StepActor, apply_step, ready, run_in_task
@@ -81,12 +82,17 @@ class CurateConfig(R.ReadConfig):
     keep_work: bool = False
     """Keep ``OUT/_work`` (the per-file outputs and dedup decisions a rerun resumes from) after
     the run has finished; by default it is deleted once ``stats.json`` is written."""
+    storage_endpoint: str | None = None
+    """Endpoint of an S3-compatible store (``http://minio:9000``) for ``s3://`` inputs and
+    output; None: AWS S3 (or ``AWS_ENDPOINT_URL`` if set). It reaches the Ray workers too."""
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def validate(self) -> None:
         self.parsed_steps()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.storage_endpoint and not self.storage_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"storage_endpoint: {self.storage_endpoint!r} must be an http:// or https:// URL")
 
     def parsed_steps(self) -> list[tuple[str, StepConfig]]:
         out = []
@@ -152,14 +158,16 @@ class RunContext:
         self.work.save_decision(self.step_key, tables, telemetry)
 
 
-def ensure_ray(cfg: RayConfig) -> None:
+def ensure_ray(cfg: RayConfig, env: dict[str, str] | None = None) -> None:
+    """Connect to ``cfg.address`` (or ``RAY_ADDRESS``) or start a local Ray; ``env``: variables
+    every worker of this job needs (a local Ray's workers inherit this process's environment)."""
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
     else:
         # a local Ray offers the custom resources the config asks for, one unit per CPU
         cpus = float(cfg.num_cpus or os.cpu_count() or 1)
@@ -330,13 +338,14 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     again after a kill, the same command resumes: only unfinished work is redone."""
     import ray
 
+    env = storage.use_endpoint(cfg.storage_endpoint)  # before anything lists or reads s3://
     files = R.expand_inputs(inputs)
     for name, step_cfg in cfg.parsed_steps():  # heavy dependencies are checked before any work
         check = getattr(step_class(name), "check_available", None)
         if check is not None:
             check(step_cfg)
     resumed = prepare_output(out, overwrite, fingerprint(to_dict(cfg), files))
-    ensure_ray(cfg.ray)
+    ensure_ray(cfg.ray, env)
     t0 = time.perf_counter()
     input_bytes = sum(_size(p) for p in files)
     stats = StatsActor.remote()

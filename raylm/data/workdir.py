@@ -32,13 +32,14 @@ WORK = "_work"
 
 
 def fingerprint(config: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    """What the output depends on: the config (minus ``ray``) and every input's size and mtime."""
+    """What the output depends on: the config (minus ``ray`` and ``storage_endpoint``, which say
+    where things run and are, not what they hold) and every input's size and mtime."""
     inputs = []
     for path in files:
         fs, p = resolve(path)
         info = fs.get_file_info(p)
         inputs.append([path, info.size, info.mtime_ns])
-    return {"config": {k: v for k, v in config.items() if k != "ray"}, "inputs": inputs}
+    return {"config": {k: v for k, v in config.items() if k not in ("ray", "storage_endpoint")}, "inputs": inputs}
 
 
 def _differs(saved: dict[str, Any], now: dict[str, Any]) -> str:
