@@ -4,7 +4,9 @@ pyarrow reads), on AWS or an S3-compatible store (MinIO, Ceph, moto) named by an
 Every reader and writer in raylm goes through ``pyarrow.fs``, which takes an S3 endpoint from
 ``AWS_ENDPOINT_URL`` (credentials from the usual ``AWS_*`` variables or the node's instance
 profile). ``use_endpoint`` sets it in this process and returns it for Ray workers'
-``runtime_env``; ``filesystem`` gives Ray Train its ``storage_filesystem``.
+``runtime_env``; ``filesystem`` gives Ray Train its ``storage_filesystem``; ``local_copy``
+downloads a folder once (a checkpoint in the bucket that a continual run, ``raylm eval`` or
+``raylm generate`` starts from) into ``RAYLM_CACHE`` (default ``~/.cache/raylm``).
 
 ``RunLog`` is a Ray Train callback on the driver side that keeps ``metrics.jsonl`` and
 ``tensorboard/`` of a run whose storage is an object store (rank 0 writes them directly into
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -52,6 +55,38 @@ def filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, 
         return fs, uri.removeprefix("s3://").rstrip("/")
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path.rstrip("/")
+
+
+def cache_root() -> str:
+    return os.environ.get("RAYLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "raylm")
+
+
+def local_copy(uri: str, endpoint: str | None = None) -> str:
+    """``uri`` itself if it is a local path; else a local copy of the object-store folder it
+    names, downloaded once per machine into ``cache_root()/objects/<scheme>/<path>``. The copy
+    is made in a temporary folder and renamed into place with a ``.complete`` marker, so an
+    interrupted download is done again and processes racing for it (the ranks of one node)
+    end with one whole copy."""
+    if not is_remote(uri):
+        return uri.removeprefix("file://")
+    fs, path = filesystem(uri, endpoint)
+    dest = os.path.join(cache_root(), "objects", uri.split("://", 1)[0], path)
+    if os.path.exists(os.path.join(dest, ".complete")):
+        return dest
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{uri}: no such folder")
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    open(os.path.join(tmp, ".complete"), "w").close()
+    if os.path.isdir(dest) and not os.path.exists(os.path.join(dest, ".complete")):
+        shutil.rmtree(dest, ignore_errors=True)  # left by an older, unmarked copy
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another process put its whole copy there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 class RunLog(UserCallback):

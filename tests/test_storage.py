@@ -3,11 +3,13 @@
 The token shards are read from ``s3://``, and the checkpoints, ``metrics.jsonl`` and the
 TensorBoard events are written there, through ``storage_path: s3://...`` and the
 ``storage_endpoint`` config field; a second run under the same name resumes from the
-checkpoint in the bucket.
+checkpoint in the bucket, and a continual run starts from it. Curation reads and writes the
+bucket too, and resumes there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import pyarrow.fs as pafs
@@ -53,7 +55,7 @@ def _objects(endpoint: str, prefix: str) -> dict[str, int]:
     return {i.path.removeprefix(root + "/"): i.size for i in infos if i.type == pafs.FileType.File}
 
 
-def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):
+def test_train_from_and_to_s3_then_resume_and_continue_from_it(ray_session, s3, shards, tmp_path, monkeypatch):
     fs, root = storage.filesystem(f"s3://{BUCKET}/tokens", s3)
     pafs.copy_files(shards, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     assert list(_objects(s3, "tokens")) == ["shard-00000.parquet"]
@@ -84,6 +86,22 @@ def test_train_from_and_to_s3_then_resume(ray_session, s3, shards, tmp_path):
     with fs.open_input_stream(f"{BUCKET}/runs/on-s3/metrics.jsonl") as f:
         assert len(f.read().splitlines()) == 8  # steps 1-6 were not trained (logged) again
 
+    # a continual run on local storage starts from the bucket's latest checkpoint: the driver
+    # resolves the run folder to it (its URI goes to the workers) and each node downloads it once
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RAYLM_CACHE", str(cache))
+    c = config(shards, tmp_path, "from-s3", 1, steps=2, **{
+        "storage_endpoint": s3, "continual.init_from": f"s3://{BUCKET}/runs/on-s3", "checkpoint.every": 0})
+    assert fit(train_config(c), env={**KEYS, "RAYLM_CACHE": str(cache)}).error is None
+    resolved = json.loads((tmp_path / "from-s3" / "config.json").read_text())["continual"]["init_from"]
+    assert resolved.startswith(f"s3://{BUCKET}/runs/on-s3/checkpoint_")
+    local = cache / "objects" / "s3" / resolved.removeprefix("s3://")
+    assert (local / ".complete").exists() and json.loads((local / "state.json").read_text())["step"] == 8
+    assert read_metrics(str(tmp_path / "from-s3"))[0]["loss"] < rows[0]["loss"] - 0.5  # trained weights
+    from raylm.infer.checkpoint import load_model  # raylm eval / generate s3://...: the same copy
+
+    assert load_model(f"s3://{BUCKET}/runs/on-s3")[2]["step"] == 8
+
 
 def test_storage_endpoint_must_be_a_url():
     from raylm.config import from_dict
@@ -99,7 +117,6 @@ def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     """``raylm curate s3://... -o s3://...`` (a process with its own local Ray, the endpoint
     from ``storage_endpoint`` in its config, none in its environment), then the same command
     after its stats.json is lost: it resumes from the per-file outputs kept in the bucket."""
-    import json
     import subprocess
     import sys
 

@@ -3,7 +3,9 @@
 A checkpoint written by ``raylm train`` holds ``config.json`` (the run's ``TrainConfig``) and
 ``model.pt`` (the full state dict), or a DeepSpeed ``zero/`` folder, which DeepSpeed's own
 ``zero_to_fp32`` consolidates. Given a run folder instead, the checkpoint with the highest step
-in it is used, so ``raylm eval runs/NAME`` means "the latest checkpoint of that run".
+in it is used, so ``raylm eval runs/NAME`` means "the latest checkpoint of that run". A URI
+(``s3://bucket/runs/NAME``) is resolved the same way in the bucket and the checkpoint chosen is
+downloaded once (``raylm.storage.local_copy``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
+from raylm import storage
 from raylm.model import Transformer
 from raylm.train.checkpoint import CONFIG, DS_TAG, MODEL, STATE
 from raylm.train.config import TrainConfig, train_config
@@ -27,8 +31,36 @@ def _is_checkpoint(folder: Path) -> bool:
     return (folder / STATE).is_file() and ((folder / MODEL).is_file() or (folder / DS_TAG).is_dir())
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` itself if it is a checkpoint folder, else its checkpoint with the highest step."""
+def remote_checkpoint(uri: str, endpoint: str | None = None) -> str:
+    """The URI of the checkpoint ``uri`` names in an object store: ``uri`` itself if it is a
+    checkpoint folder, else the one with the highest step inside it."""
+    fs, root = storage.filesystem(uri, endpoint)
+
+    def kind(path: str) -> pafs.FileType:
+        return fs.get_file_info(path).type
+
+    def is_checkpoint(path: str) -> bool:
+        return kind(f"{path}/{STATE}") == pafs.FileType.File and (
+            kind(f"{path}/{MODEL}") == pafs.FileType.File or kind(f"{path}/{DS_TAG}") == pafs.FileType.Directory)
+
+    if is_checkpoint(root):
+        return uri.rstrip("/")
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and is_checkpoint(info.path):
+            with fs.open_input_stream(f"{info.path}/{STATE}") as f:
+                found.append((json.loads(f.read())["step"], info.base_name))
+    if not found:
+        raise CheckpointError(f"{uri}: no such checkpoint or run folder (no {STATE} with {MODEL} or {DS_TAG}/ "
+                              "in it or in a folder inside it)")
+    return f"{uri.rstrip('/')}/{max(found)[1]}"
+
+
+def resolve_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> Path:
+    """``path`` itself if it is a checkpoint folder, else its checkpoint with the highest step;
+    for a URI, the local copy of that checkpoint."""
+    if storage.is_remote(str(path)):
+        return Path(storage.local_copy(remote_checkpoint(str(path), endpoint), endpoint))
     folder = Path(path)
     if not folder.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run folder")

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raylm import storage
 from raylm.config import ConfigError, to_dict
 from raylm.data.mixing import MixConfig
 from raylm.data.read import InputError
@@ -176,14 +177,19 @@ def _check_tokenizer(folders: Sequence[str]) -> None:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """The run ``cfg.continual`` describes, as a plain config (see the module docstring);
     ``cfg`` itself when it has no ``init_from``."""
-    from raylm.infer.checkpoint import CheckpointError, read_config, resolve_checkpoint
+    from raylm.infer.checkpoint import CheckpointError, read_config, remote_checkpoint, resolve_checkpoint
     from raylm.train.evaluate import eval_sets, val_split
 
     c = cfg.continual
     if not c.init_from:
         return cfg
     try:
-        folder = resolve_checkpoint(c.init_from)
+        if storage.is_remote(c.init_from):  # the checkpoint's URI for the workers, a local copy here
+            where = remote_checkpoint(c.init_from, cfg.storage_endpoint)
+            folder = resolve_checkpoint(where, cfg.storage_endpoint)
+        else:
+            folder = resolve_checkpoint(c.init_from)
+            where = os.path.abspath(folder)
         old = read_config(folder)
     except CheckpointError as exc:
         raise ConfigError(f"continual.init_from: {exc}") from None
@@ -197,7 +203,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"continual.init_optimizer: the checkpoint's optimizer is {old.optim.name}, this run's "
                           f"{cfg.optim.name}")
     d = to_dict(cfg)
-    d["continual"].update(init_from=os.path.abspath(folder), init_optimizer=init_optimizer)
+    d["continual"].update(init_from=where, init_optimizer=init_optimizer)
     if c.replay:
         _with_replay(d, cfg, old, state)
     if c.decay_steps:
@@ -238,7 +244,7 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
     from raylm.infer.checkpoint import model_state_dict, read_config
 
     c = cfg.continual
-    folder = Path(c.init_from)
+    folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per node
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state_dict(folder), options=full)
     if c.init_optimizer:
