@@ -76,7 +76,9 @@ def _train(args: argparse.Namespace) -> int:
         import yaml
 
         from raylm.config import to_dict
+        from raylm.train.continual import resolve
 
+        cfg = resolve(cfg)  # as fit() does: a continual run's checkpoint, replay, schedule and eval sets
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
     for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raylm import storage
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.data.pipeline import CurateConfig, RayConfig
 
@@ -119,7 +120,7 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     cfg.validate()
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    ensure_ray(cfg.ray)
+    ensure_ray(cfg.ray, storage.use_endpoint(cfg.curate.storage_endpoint))  # before Ray starts: its workers inherit it
     report: dict[str, Any] = {"config": to_dict(cfg), "seconds": {}}
 
     t = _stage("curate", quiet)

@@ -5,8 +5,8 @@ Every reader and writer in raylm goes through ``pyarrow.fs``, which takes an S3 
 ``AWS_ENDPOINT_URL`` (credentials from the usual ``AWS_*`` variables or the node's instance
 profile). ``use_endpoint`` sets it in this process and returns it for Ray workers'
 ``runtime_env``; ``filesystem`` gives Ray Train its ``storage_filesystem``; ``local_copy``
-downloads a folder once (a checkpoint in the bucket that a continual run, ``raylm eval`` or
-``raylm generate`` starts from) into ``RAYLM_CACHE`` (default ``~/.cache/raylm``).
+downloads a folder once per machine (a checkpoint in the bucket that a continual run, ``raylm
+eval`` or ``raylm generate`` starts from) into ``RAYLM_CACHE`` (default ``~/.cache/raylm``).
 
 ``RunLog`` is a Ray Train callback on the driver side that keeps ``metrics.jsonl`` and
 ``tensorboard/`` of a run whose storage is an object store (rank 0 writes them directly into
@@ -63,29 +63,37 @@ def cache_root() -> str:
 
 def local_copy(uri: str, endpoint: str | None = None) -> str:
     """``uri`` itself if it is a local path; else a local copy of the object-store folder it
-    names, downloaded once per machine into ``cache_root()/objects/<scheme>/<path>``. The copy
-    is made in a temporary folder and renamed into place with a ``.complete`` marker, so an
-    interrupted download is done again and processes racing for it (the ranks of one node)
-    end with one whole copy."""
+    names, downloaded once per machine into ``cache_root()/objects/<scheme>/<host>/<path>``
+    (``<host>``: the endpoint's, so two stores never share an entry). The processes of one
+    machine take a file lock, so one of them downloads while the others wait and then read its
+    copy; the copy is made in a temporary folder and renamed into place with a ``.complete``
+    marker, so an interrupted download is done again."""
+    import fcntl
+
     if not is_remote(uri):
         return uri.removeprefix("file://")
     fs, path = filesystem(uri, endpoint)
-    dest = os.path.join(cache_root(), "objects", uri.split("://", 1)[0], path)
-    if os.path.exists(os.path.join(dest, ".complete")):
+    host = (endpoint or os.environ.get(ENDPOINT_ENV) or "default").split("://", 1)[-1].replace(":", "_").strip("/")
+    dest = os.path.join(cache_root(), "objects", uri.split("://", 1)[0], host, path.lstrip("/"))
+    done = os.path.join(dest, ".complete")
+    if os.path.exists(done):
         return dest
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"{uri}: no such folder")
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    open(os.path.join(tmp, ".complete"), "w").close()
-    if os.path.isdir(dest) and not os.path.exists(os.path.join(dest, ".complete")):
-        shutil.rmtree(dest, ignore_errors=True)  # left by an older, unmarked copy
-    try:
-        os.rename(tmp, dest)
-    except OSError:  # another process put its whole copy there first
-        shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(f"{dest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if os.path.exists(done):  # another process of this machine made it meanwhile
+            return dest
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            raise FileNotFoundError(f"{uri}: no such folder")
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=os.path.basename(dest) + ".tmp-")
+        try:
+            pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            open(os.path.join(tmp, ".complete"), "w").close()
+            shutil.rmtree(dest, ignore_errors=True)  # an unmarked copy left by an older version
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return dest
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -95,11 +96,12 @@ def test_train_from_and_to_s3_then_resume_and_continue_from_it(ray_session, s3, 
     assert fit(train_config(c), env={**KEYS, "RAYLM_CACHE": str(cache)}).error is None
     resolved = json.loads((tmp_path / "from-s3" / "config.json").read_text())["continual"]["init_from"]
     assert resolved.startswith(f"s3://{BUCKET}/runs/on-s3/checkpoint_")
-    local = cache / "objects" / "s3" / resolved.removeprefix("s3://")
+    local = cache / "objects" / "s3" / s3.split("://")[1].replace(":", "_") / resolved.removeprefix("s3://")
     assert (local / ".complete").exists() and json.loads((local / "state.json").read_text())["step"] == 8
     assert read_metrics(str(tmp_path / "from-s3"))[0]["loss"] < rows[0]["loss"] - 0.5  # trained weights
     from raylm.infer.checkpoint import load_model  # raylm eval / generate s3://...: the same copy
 
+    monkeypatch.setenv(storage.ENDPOINT_ENV, s3)  # how those commands find an S3-compatible store
     assert load_model(f"s3://{BUCKET}/runs/on-s3")[2]["step"] == 8
 
 
@@ -148,3 +150,27 @@ def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     assert second["resume"] == {"resumed": True, "files_done_before": 4, "files_curated": 0,
                                 "steps_reused": ["01-exact_dedup"]}
     assert second["steps"] == first["steps"]
+
+
+def test_local_copy_is_one_whole_copy_per_machine(s3, tmp_path, monkeypatch):
+    """Processes racing for the same folder (a node's ranks) end with one complete copy and no
+    temporary folders; a folder that is not there is an error that leaves nothing behind."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    fs, root = storage.filesystem(f"s3://{BUCKET}/ckpt", s3)
+    for i in range(3):
+        with fs.open_output_stream(f"{root}/sub/part-{i}.bin") as f:
+            f.write(bytes([i]) * 100_000)
+    monkeypatch.setenv("RAYLM_CACHE", str(tmp_path))
+    uri = f"s3://{BUCKET}/ckpt"
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = set(pool.map(storage.local_copy, [uri] * 6, [s3] * 6))
+    (path,) = paths
+    copy = sorted(p.relative_to(path).as_posix() for p in Path(path).rglob("*") if p.is_file())
+    assert copy == [".complete", "sub/part-0.bin", "sub/part-1.bin", "sub/part-2.bin"]
+    parent = Path(path).parent
+    assert not [p.name for p in parent.iterdir() if ".tmp-" in p.name]
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        storage.local_copy(f"s3://{BUCKET}/nothing-here", s3)
+    assert not [p.name for p in parent.iterdir() if ".tmp-" in p.name or p.name == "nothing-here"]

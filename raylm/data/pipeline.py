@@ -160,7 +160,8 @@ class RunContext:
 
 def ensure_ray(cfg: RayConfig, env: dict[str, str] | None = None) -> None:
     """Connect to ``cfg.address`` (or ``RAY_ADDRESS``) or start a local Ray; ``env``: variables
-    every worker of this job needs (a local Ray's workers inherit this process's environment)."""
+    every worker of this job needs (a local Ray's workers inherit this process's environment).
+    With Ray already running nothing is passed: set them before it starts, as ``run_recipe`` does."""
     import ray
 
     if ray.is_initialized():
@@ -338,7 +339,10 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     again after a kill, the same command resumes: only unfinished work is redone."""
     import ray
 
+    had = os.environ.get(storage.ENDPOINT_ENV)  # a Ray job's runtime_env may set it already
     env = storage.use_endpoint(cfg.storage_endpoint)  # before anything lists or reads s3://
+    if had == cfg.storage_endpoint:
+        env = {}  # the workers have it, and Ray refuses to merge a variable the job's runtime_env sets
     files = R.expand_inputs(inputs)
     for name, step_cfg in cfg.parsed_steps():  # heavy dependencies are checked before any work
         check = getattr(step_class(name), "check_available", None)

@@ -149,7 +149,7 @@ class ContinualConfig:
     init_from: str = ""
     """A checkpoint folder, or a run folder (its latest checkpoint, resolved when the run
     starts: name a checkpoint folder to pin it), local or in an object store (``s3://...``,
-    ``storage_endpoint`` applies; each node downloads the checkpoint once, into ``RAYLM_CACHE``
+    ``storage_endpoint`` applies; each machine downloads the checkpoint once, into ``RAYLM_CACHE``
     or ``~/.cache/raylm``). The weights are loaded into this run's model,
     whose architecture must be the checkpoint's; the step count, lr schedule, data position
     and RNG are this run's own, from 0 (except in a WSD branch, ``decay_steps``)."""

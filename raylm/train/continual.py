@@ -186,7 +186,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     try:
         if storage.is_remote(c.init_from):  # the checkpoint's URI for the workers, a local copy here
             where = remote_checkpoint(c.init_from, cfg.storage_endpoint)
-            folder = resolve_checkpoint(where, cfg.storage_endpoint)
+            folder = Path(storage.local_copy(where, cfg.storage_endpoint))
         else:
             folder = resolve_checkpoint(c.init_from)
             where = os.path.abspath(folder)
@@ -244,7 +244,7 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
     from raylm.infer.checkpoint import model_state_dict, read_config
 
     c = cfg.continual
-    folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per node
+    folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per machine
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state_dict(folder), options=full)
     if c.init_optimizer:

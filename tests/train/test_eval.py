@@ -222,8 +222,9 @@ def test_samples_in_training_are_the_unsharded_models(fim_runs):
     d, _, rows = fim_runs["eval"]
     model, cfg, _ = load_model(checkpoint_at(run_dir(train_config(d)), 8))
     s = cfg.eval.samples
-    sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, seed=s.seed)
-    sp, add_bos = resolve_tokenizer(cfg)
+    sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                              top_p=s.top_p, seed=s.seed)
+    sp, add_bos = resolve_tokenizer(cfg, s.tokenizer)
     final = next(r for r in rows if r["step"] == 8)
     for i, prompt in enumerate(s.prompts):
         assert final[f"samples/{i}"] == complete(model, sp, prompt, sampling, add_bos=add_bos)[0]
