@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from raylm.config import ConfigError
@@ -38,17 +39,44 @@ def fsdp_losses(reference_runs) -> list[float]:
     return losses(d)
 
 
+@pytest.fixture(scope="module")
+def held(shards, tmp_path_factory) -> str:
+    """A token-shard folder (with its manifest) of 24 of the sample's sequences, as held-out data."""
+    import pyarrow.parquet as pq
+
+    from raylm.data.shards import write_token_shards
+
+    rows = pq.read_table(shards).slice(200, 24).column("tokens").to_pylist()
+    out = str(tmp_path_factory.mktemp("held") / "held")
+    write_token_shards([pa.table({"tokens": pa.array(rows, pa.list_(pa.int32()))})], out, 64, drop_tail=False)
+    return out
+
+
 @pytest.mark.parametrize("stage,offload", [(1, False), (3, True)])  # stage 2: the kill test below
-def test_zero_stage_follows_fsdp2(fsdp_losses, shards, tmp_path, stage, offload):
+def test_zero_stage_follows_fsdp2(fsdp_losses, shards, held, tmp_path, stage, offload):
+    """...and its held-out evaluation at the end (ZeRO-3 gathers its partitioned weights for
+    every forward) equals what the final checkpoint, consolidated from ZeRO's shards, gives in
+    one process; evaluation leaves training as it was (the losses still follow FSDP2)."""
+    from raylm.infer.checkpoint import load_model
+    from raylm.infer.evaluate import evaluate, load_set
+
     d = config(shards, tmp_path, f"zero{stage}", 2, **DS, **{"scale.deepspeed.stage": stage,
                                                              "scale.deepspeed.offload_optimizer": offload,
-                                                             "scale.deepspeed.offload_params": offload})
+                                                             "scale.deepspeed.offload_params": offload,
+                                                             "eval.sets": {"held": held}})
     zero = _run(d)
     assert len(zero) == STEPS
     np.testing.assert_allclose(zero, fsdp_losses, rtol=1e-4)
     assert zero[-1] < zero[0] - 0.5
-    meta = json.loads((Path(run_dir(train_config(d))) / "meta.json").read_text())
+    folder = Path(run_dir(train_config(d)))
+    meta = json.loads((folder / "meta.json").read_text())
     assert meta["strategy"] == "deepspeed" and meta["deepspeed"]["zero_optimization"]["stage"] == stage
+    reported = read_metrics(str(folder))[-1]
+    model, cfg, state = load_model(folder)
+    assert state["step"] == STEPS
+    again = evaluate(model, [load_set("held", held, cfg.eval.max_sequences)], batch_size=5)
+    assert reported["val/held/tokens"] == again["val/held/tokens"] > 0
+    assert reported["val/held/loss"] == pytest.approx(again["val/held/loss"], rel=1e-5)
 
 
 def test_zero2_killed_worker_resumes_from_the_engine_checkpoint(fsdp_losses, shards, tmp_path):
