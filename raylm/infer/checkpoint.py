@@ -27,50 +27,38 @@ class CheckpointError(ValueError):
     """A path that is not a raylm checkpoint (or run folder holding one)."""
 
 
-def _is_checkpoint(folder: Path) -> bool:
-    return (folder / STATE).is_file() and ((folder / MODEL).is_file() or (folder / DS_TAG).is_dir())
+def find_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> str:
+    """The checkpoint ``path`` names, in the form given (a local path or a URI): ``path`` itself
+    if it is a checkpoint folder, else the one inside it with the highest step. Local folders
+    and object stores are searched alike, through ``pyarrow.fs``."""
+    fs, root = storage.filesystem(str(path), endpoint)
 
+    def kind(p: str) -> pafs.FileType:
+        return fs.get_file_info(p).type
 
-def remote_checkpoint(uri: str, endpoint: str | None = None) -> str:
-    """The URI of the checkpoint ``uri`` names in an object store: ``uri`` itself if it is a
-    checkpoint folder, else the one with the highest step inside it."""
-    fs, root = storage.filesystem(uri, endpoint)
+    def is_checkpoint(p: str) -> bool:
+        return kind(f"{p}/{STATE}") == pafs.FileType.File and (
+            kind(f"{p}/{MODEL}") == pafs.FileType.File or kind(f"{p}/{DS_TAG}") == pafs.FileType.Directory)
 
-    def kind(path: str) -> pafs.FileType:
-        return fs.get_file_info(path).type
-
-    def is_checkpoint(path: str) -> bool:
-        return kind(f"{path}/{STATE}") == pafs.FileType.File and (
-            kind(f"{path}/{MODEL}") == pafs.FileType.File or kind(f"{path}/{DS_TAG}") == pafs.FileType.Directory)
-
+    if kind(root) != pafs.FileType.Directory:
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    given = str(path).rstrip("/")
     if is_checkpoint(root):
-        return uri.rstrip("/")
+        return given
     found = []
-    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+    for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.type == pafs.FileType.Directory and is_checkpoint(info.path):
             with fs.open_input_stream(f"{info.path}/{STATE}") as f:
                 found.append((json.loads(f.read())["step"], info.base_name))
     if not found:
-        raise CheckpointError(f"{uri}: no such checkpoint or run folder (no {STATE} with {MODEL} or {DS_TAG}/ "
-                              "in it or in a folder inside it)")
-    return f"{uri.rstrip('/')}/{max(found)[1]}"
+        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE} with {MODEL} or {DS_TAG}/) "
+                              "and no checkpoint inside it")
+    return f"{given}/{max(found)[1]}"
 
 
 def resolve_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> Path:
-    """``path`` itself if it is a checkpoint folder, else its checkpoint with the highest step;
-    for a URI, the local copy of that checkpoint."""
-    if storage.is_remote(str(path)):
-        return Path(storage.local_copy(remote_checkpoint(str(path), endpoint), endpoint))
-    folder = Path(path)
-    if not folder.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run folder")
-    if _is_checkpoint(folder):
-        return folder
-    found = [p for p in folder.iterdir() if p.is_dir() and _is_checkpoint(p)]
-    if not found:
-        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE} with {MODEL} or {DS_TAG}/) "
-                              "and no checkpoint inside it")
-    return max(found, key=lambda p: (json.loads((p / STATE).read_text())["step"], p.name))
+    """The local folder of ``find_checkpoint(path)``: for a URI, its local copy."""
+    return Path(storage.local_copy(find_checkpoint(path, endpoint), endpoint))
 
 
 def read_config(folder: Path) -> TrainConfig:

@@ -177,19 +177,17 @@ def _check_tokenizer(folders: Sequence[str]) -> None:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """The run ``cfg.continual`` describes, as a plain config (see the module docstring);
     ``cfg`` itself when it has no ``init_from``."""
-    from raylm.infer.checkpoint import CheckpointError, read_config, remote_checkpoint, resolve_checkpoint
+    from raylm.infer.checkpoint import CheckpointError, find_checkpoint, read_config
     from raylm.train.evaluate import eval_sets, val_split
 
     c = cfg.continual
     if not c.init_from:
         return cfg
     try:
-        if storage.is_remote(c.init_from):  # the checkpoint's URI for the workers, a local copy here
-            where = remote_checkpoint(c.init_from, cfg.storage_endpoint)
-            folder = Path(storage.local_copy(where, cfg.storage_endpoint))
-        else:
-            folder = resolve_checkpoint(c.init_from)
-            where = os.path.abspath(folder)
+        where = find_checkpoint(c.init_from, cfg.storage_endpoint)  # for the workers: a URI stays one
+        folder = Path(storage.local_copy(where, cfg.storage_endpoint))  # here: a local folder
+        if not storage.is_remote(where):
+            where = os.path.abspath(where)
         old = read_config(folder)
     except CheckpointError as exc:
         raise ConfigError(f"continual.init_from: {exc}") from None
