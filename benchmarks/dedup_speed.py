@@ -32,7 +32,7 @@ RUN = """
 import sys, time, json
 t0 = time.perf_counter()
 from raylm.config import load
-from raylm.data.pipeline import CurateConfig, run
+from raylm.curate.pipeline import CurateConfig, run
 cfg = load(CurateConfig, sys.argv[1], ["ray.num_cpus=" + sys.argv[4]])
 stats = run(cfg, [sys.argv[2]], sys.argv[3], overwrite=True, quiet=True)
 print(json.dumps({"wall_s": time.perf_counter() - t0, "kept": stats["kept"], "in": stats["documents_in"]}))

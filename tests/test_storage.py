@@ -107,7 +107,7 @@ def test_train_from_and_to_s3_then_resume_and_continue_from_it(ray_session, s3, 
 
 def test_storage_endpoint_must_be_a_url():
     from raylm.config import from_dict
-    from raylm.data.pipeline import CurateConfig
+    from raylm.curate.pipeline import CurateConfig
 
     with pytest.raises(ConfigError, match="storage_endpoint"):
         train_config({"data": {"path": "x"}, "storage_endpoint": "127.0.0.1:9000"})
