@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raylm import storage
+from raylm import console, storage
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.curate import read as R
@@ -162,7 +163,7 @@ def _curate_file(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
     batch, write what comes out under ``OUT/_work/files`` and mark the file done."""
     work = WorkDir(out)
     steps = [ready(step) for step in steps]
-    done = []
+    done, docs, size = [], [], []
     for path, index in zip(batch.column("path").to_pylist(), batch.column("index").to_pylist()):
         telemetry, parts, rows, writer = Telemetry(), [], 0, None
         for table in R.read_file(path, index, cfg):
@@ -181,7 +182,11 @@ def _curate_file(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
             writer.close()
         work.mark_file_done(index, parts, rows, telemetry.get())
         done.append(index)
-    return pa.table({"index": pa.array(done, pa.int64())})
+        first = telemetry.get().get(steps[0].name, {}) if steps else {}  # what was read: for progress
+        docs.append(first.get("docs_in", 0))
+        size.append(first.get("bytes_in", 0))
+    return pa.table({"index": pa.array(done, pa.int64()), "docs": pa.array(docs, pa.int64()),
+                     "bytes": pa.array(size, pa.int64())})
 
 
 def curate_files(cfg: CurateConfig, files: list[str], steps: list[RowStep], out: str, stats: Any,
@@ -202,8 +207,12 @@ def curate_files(cfg: CurateConfig, files: list[str], steps: list[RowStep], out:
         ds = ds.map_batches(_curate_file, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"cfg": read_cfg, "steps": steps, "out": out, "batch_size": cfg.batch_size},
                             **cfg.ray.remote_args)
-        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            pass
+        names = ", ".join(step.name for step in steps)
+        with console.stage("curate", total=len(pending), unit="file") as progress:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                progress.advance(batch.num_rows, docs=pc.sum(batch["docs"]).as_py() or 0,
+                                 bytes=pc.sum(batch["bytes"]).as_py() or 0)
+            progress.done(f"{len(pending)} file{'s' * (len(pending) > 1)}, {progress.counts.get('docs', 0):.0f} docs: {names}")
     markers = work.done_files()
     missing = sorted(set(range(len(files))) - set(markers))
     if missing:
@@ -327,9 +336,13 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     markers, files_before = None, 0
     if head:
         markers, files_before = curate_files(cfg, files, head, out, stats, quiet)
-    ds = build_dataset(cfg, files, stats, ctx, markers)
     sink = CurateSink(out, cfg.write_rejected, cfg.rows_per_file)
-    ds.write_datasink(sink)
+    rest = [name for name, _ in cfg.parsed_steps()[len(head):]]
+    with console.stage("dedup" if any("dedup" in n for n in rest) else "curate") as progress:
+        ds = build_dataset(cfg, files, stats, ctx, markers)
+        ds.write_datasink(sink)
+        kept = sum(r["kept"] for r in sink.results)
+        progress.done(f"{', '.join(rest + ['write'])}: {kept} kept")
     seconds = time.perf_counter() - t0
     telemetry = ray.get(stats.get.remote())
     ray.kill(stats)
