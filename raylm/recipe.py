@@ -156,13 +156,19 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     t = _stage("train", quiet)
     tokens = str(root / "tokens" / SOURCE)
     train_cfg = cfg.train_config(tokens, str(root / "train"), tok["vocab_size"])
-    result = fit(train_cfg)
+    if quiet:
+        result = fit(train_cfg)
+    else:
+        from raylm.train.progress import TrainProgress
+
+        with TrainProgress(train_cfg) as progress:
+            result = fit(train_cfg, callbacks=[progress.callback])
     if result.error is not None:
         raise RuntimeError(f"recipe: training failed: {result.error}")
     rows = [r for r in read_metrics(run_dir(train_cfg)) if "loss" in r]
     report["train"] = {"name": train_cfg.name, "steps": train_cfg.steps, "params": train_cfg.model.num_params(),
                        "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
-                       "run": run_dir(train_cfg)}
+                       "run": run_dir(train_cfg), "report": f"{run_dir(train_cfg)}/report.html"}
     report["seconds"]["train"] = round(time.perf_counter() - t, 3)
 
     t = _stage("eval", quiet)
