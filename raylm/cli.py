@@ -91,6 +91,7 @@ def _train(args: argparse.Namespace) -> int:
             raise InputError(f"{key}: {path}: no such folder")
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
     from raylm.train.progress import TrainProgress
+    from raylm.train.report import run_report
 
     sc = cfg.scale
     say(f"train {cfg.name}: {cfg.model.num_params() / 1e6:.1f}M parameters, {sc.num_workers} Ray Train "
@@ -105,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
         say("forgetting: " + ", ".join(f"{k.split('/')[1]} {v:+.4f}" for k, v in forgot.items()))
     run = folder or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
     say(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    say(f"report: {run}/report.html; metrics: {run}/metrics.jsonl; tensorboard --logdir {run}/tensorboard")
+    say(f"report: {run_report(cfg)}; metrics: {run}/metrics.jsonl; tensorboard --logdir {run}/tensorboard")
     if result.error is not None:
         say(f"training failed: {result.error}")
     return 0 if result.error is None else 1
@@ -250,7 +251,7 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
-    return run_demo(args.output, num_cpus=args.num_cpus)
+    return run_demo(args.output, num_cpus=args.num_cpus, steps=args.steps)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -367,6 +368,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray (default 4)")
+    d.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
     d.set_defaults(func=_demo)
     _add_verbose(p)
     return p

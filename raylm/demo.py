@@ -61,6 +61,7 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
     from raylm.data.tokenizer import TokenizerConfig, train_tokenizer
     from raylm.train.config import train_config
     from raylm.train.progress import TrainProgress
+    from raylm.train.report import run_report
     from raylm.train.trainer import fit, read_metrics, run_dir
 
     if not SAMPLE.is_dir():
@@ -98,7 +99,7 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
         "data": {"path": str(out / "tokens" / "sample"), "window": 512},
         "optim": {"lr": 3e-3, "schedule": {"name": "cosine", "warmup_steps": 5}},
         "micro_batch_size": 8, "scale": {"num_workers": 2, "cpus_per_worker": 0.5},
-        "checkpoint": {"every": 0, "keep": 1}, "eval": {"every": steps // 2, "max_sequences": 64},
+        "checkpoint": {"every": 0, "keep": 1}, "eval": {"every": max(1, steps // 2), "max_sequences": 64},
     }, "demo")
     say(f"\n4. Train a {train.model.num_params() / 1e6:.1f}M-parameter model: 2 Ray Train workers (DDP over gloo), "
         f"{steps} steps of {train.global_batch_size} x {seq_len} tokens")
@@ -112,7 +113,7 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
     tps = sorted(r["tokens_per_s"] for r in rows[1:] or rows)
     say(f"   loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f} in {duration(time.perf_counter() - t_train)} "
         f"(median {tps[len(tps) // 2]:,.0f} tokens/s)")
-    say(f"   report: {folder}/report.html")
+    say(f"   report: {run_report(train)}")
     say(f"   checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
 
     say(f"\nDone in {duration(time.perf_counter() - t0)}. Everything is under {out}:")

@@ -116,6 +116,7 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     from raylm.data.prepare import prepare
     from raylm.data.tokenizer import train_tokenizer
     from raylm.infer.evaluate import evaluate_checkpoint
+    from raylm.train.report import run_report
     from raylm.train.trainer import fit, read_metrics, run_dir
 
     cfg.validate()
@@ -165,6 +166,7 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
             result = fit(train_cfg, callbacks=[progress.callback])
     if result.error is not None:
         raise RuntimeError(f"recipe: training failed: {result.error}")
+    run_report(train_cfg)
     rows = [r for r in read_metrics(run_dir(train_cfg)) if "loss" in r]
     report["train"] = {"name": train_cfg.name, "steps": train_cfg.steps, "params": train_cfg.model.num_params(),
                        "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],

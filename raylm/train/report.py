@@ -1,7 +1,8 @@
 """``raylm report RUN``: one self-contained HTML page about a training run.
 
-Written at the end of every run (``fit``) as ``<run>/report.html``, and on demand for any run
-folder, local or in an object store. The page leads with the figures a person asks first
+Written at the end of every run that ``raylm train``, ``raylm recipe`` or ``raylm demo`` starts
+(``run_report``) as ``<run>/report.html``, and on demand for any run folder, local or in an
+object store (``raylm report RUN``). The page leads with the figures a person asks first
 (steps, loss from first to last, held-out loss, throughput, where the checkpoint is), then the
 plots of ``raylm.train.plots`` (loss with spikes and rollbacks marked, held-out loss per set and
 per language, learning rate, gradient norm, tokens/s and MFU, data wait, memory), then the
@@ -53,8 +54,12 @@ def hardware() -> dict[str, Any]:
     return out
 
 
+def _cell(v: Any) -> str:
+    return ", ".join(map(str, v)) or "none" if isinstance(v, (list, tuple)) else str(v)
+
+
 def _rows_table(pairs: list[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_cell(v))}</td></tr>"
                                for k, v in pairs if v is not None) + "</table>"
 
 
@@ -124,3 +129,16 @@ def write_report(run: str, out: str | None = None, endpoint: str | None = None) 
     with ofs.open_output_stream(opath) as f:
         f.write(page.encode("utf-8"))
     return target
+
+
+def run_report(cfg: Any) -> str | None:
+    """``<run>/report.html`` of the run of train config ``cfg`` as it ended; returns its path. A
+    run whose report cannot be drawn still succeeded, so a failure here is a warning."""
+    import warnings
+
+    run = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    try:
+        return write_report(run, endpoint=cfg.storage_endpoint)
+    except Exception as exc:  # noqa: BLE001 - the report is a courtesy, the run is what matters
+        warnings.warn(f"{run}: the run report could not be written: {exc!r}", stacklevel=2)
+        return None

@@ -10,8 +10,7 @@ there from the driver. Before any worker starts, the data are checked against th
 (``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders; a
 continual run (``continual.init_from``) is resolved against its checkpoint
 (``raylm.train.continual.resolve``) and its ``config.json`` is the resolved config. Next to it
-``hardware.json`` records the cluster, and ``report.html`` (``raylm.train.report``) is written
-when the run ends.
+``hardware.json`` records the cluster the run had (for ``raylm.train.report``).
 """
 
 from __future__ import annotations
@@ -86,29 +85,13 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
         ),
     )
     _write_json(fs, f"{path}/{cfg.name}/hardware.json", hardware())
-    result = trainer.fit()
-    _report(cfg)
-    return result
+    return trainer.fit()
 
 
 def _write_json(fs, path: str, data: dict[str, Any]) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(json.dumps(data, indent=2).encode())
-
-
-def _report(cfg: TrainConfig) -> None:
-    """``<run>/report.html`` (``raylm.train.report``); a run whose report cannot be drawn still
-    succeeded, so a failure here is a warning."""
-    import warnings
-
-    from raylm.train.report import write_report
-
-    run = run_dir(cfg) or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-    try:
-        write_report(run, endpoint=cfg.storage_endpoint)
-    except Exception as exc:  # noqa: BLE001 - the report is a courtesy, the run is what matters
-        warnings.warn(f"{run}: the run report could not be written: {exc!r}", stacklevel=2)
 
 
 def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:
