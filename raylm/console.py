@@ -16,8 +16,9 @@ but only its warnings and errors reach the console, each prefixed by the process
 ``raylm -v`` (or ``RAYLM_LOG_LEVEL=INFO``; ``-vv`` or ``DEBUG``) gives Ray's output back as Ray
 prints it. The level travels to every Ray worker in ``RAYLM_LOG_LEVEL`` (``ray_env``).
 
-``stage(...)`` is the progress of one stage: a tqdm bar on stderr when stderr is a terminal, else
-one compact line on stdout when the stage ends (a Ray job's log, CI, ``nohup``).
+``stage(...)`` is the progress of one stage: a tqdm bar when stderr is a terminal, else one
+compact line when the stage ends (a Ray job's log, CI, ``nohup``); progress goes to stderr, so a
+command's result on stdout (``raylm prepare``'s JSON) stays clean.
 """
 
 from __future__ import annotations
@@ -116,10 +117,12 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def say(text: str = "") -> None:
-    """One of raylm's own lines on stdout (above any bar that is drawing)."""
-    tqdm.write(text, file=sys.stdout)
-    sys.stdout.flush()
+def say(text: str = "", progress: bool = False) -> None:
+    """One of raylm's own lines (above any bar that is drawing): on stdout, or with ``progress``
+    on stderr, where progress goes, so that a command's result on stdout (JSON) stays clean."""
+    stream = sys.stderr if progress else sys.stdout
+    tqdm.write(text, file=stream)
+    stream.flush()
 
 
 def human(n: float, unit: str = "") -> str:
@@ -197,7 +200,7 @@ class Stage:
                 self.bar.set_postfix_str(self.summary, refresh=False)
             self.bar.close()
         elif not failed:
-            say(f"{self.name:<10} {self.summary or ''}{tail}".rstrip())
+            say(f"{self.name:<10} {self.summary or ''}{tail}".rstrip(), progress=True)
 
     def __enter__(self) -> Stage:
         return self

@@ -44,8 +44,8 @@ def test_stage_off_a_terminal_is_one_line(level, capsys):
             s.advance(1, docs=100, bytes=2_000_000)
         s.done("3 files, 300 docs")
     out, err = capsys.readouterr()
-    assert err == "" and out.count("\n") == 1
-    assert out.startswith("curate     3 files, 300 docs in ") and "docs/s" in out and "MB/s" in out
+    assert out == "" and err.count("\n") == 1  # progress on stderr: stdout is for results
+    assert err.startswith("curate     3 files, 300 docs in ") and "docs/s" in err and "MB/s" in err
 
 
 def test_stage_on_a_terminal_is_a_bar(level, monkeypatch):

@@ -7,7 +7,8 @@ and a thread of the driver draws them while ``fit`` waits:
 - on a terminal, a tqdm bar over the run's steps with loss, tokens/s and MFU (ETA: tqdm's);
 - elsewhere, one line per log window:
   ``step   20/60  loss 6.237  lr 2.6e-03  grad 0.31  24.8k tok/s  wait 1%  eta 25s``;
-- held-out evaluations as a line of their own in both.
+- held-out evaluations as a line of their own in both;
+all on stderr, where progress goes.
 """
 
 from __future__ import annotations
@@ -129,6 +130,6 @@ class TrainProgress:
                     post += f", MFU {100 * row['mfu']:.1f}%"
                 self.bar.set_postfix_str(post)
             else:
-                console.say(window_line(row, self.cfg.steps, eta))
+                console.say(window_line(row, self.cfg.steps, eta), progress=True)
         if evaluated:
-            console.say(evaluated)
+            console.say(evaluated, progress=True)

@@ -42,6 +42,7 @@ class MLflowConfig:
 @dataclasses.dataclass(kw_only=True)
 class WandbConfig:
     project: str = "raylm"
+    """The W&B project the run goes into."""
     entity: str | None = None
     """Team or user; None: the API key's default."""
     mode: Literal["online", "offline", "disabled"] = "online"
@@ -51,7 +52,9 @@ class WandbConfig:
     name: str | None = None
     """The W&B run's display name; None: the train run's ``name``."""
     group: str | None = None
+    """Groups runs in the W&B UI (e.g. the trials of one sweep)."""
     tags: list[str] = dataclasses.field(default_factory=list)
+    """Tags on the W&B run."""
 
 
 @dataclasses.dataclass(kw_only=True)

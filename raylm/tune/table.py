@@ -3,7 +3,8 @@
 A Ray Tune ``Callback`` (Tune runs its callbacks on the driver): the row shows the trial's
 values of the searched keys, its last and best reported metric, how many reports it made
 (fewer than the others: ASHA stopped it early) and how it ended. On a terminal a bar over the
-trials stands under the table.
+trials stands under the table. Like all progress it goes to stderr (the best values, the
+command's result, go to stdout).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class TrialTable(Callback):
 
             self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
         console.say("  ".join([f"{'trial':<8}", *(f"{k:>{w}}" for k, w in zip(keys, self.widths)),
-                               f"{'last ' + metric:>12}", f"{'best ' + metric:>12}", f"{'reports':>7}", "status"]))
+                               f"{'last ' + metric:>12}", f"{'best ' + metric:>12}", f"{'reports':>7}", "status"]),
+                    progress=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
         value = result.get(self.metric)
@@ -45,7 +47,7 @@ class TrialTable(Callback):
         cells += [f"{last:>12.4f}" if isinstance(last, (int, float)) else f"{'-':>12}",
                   f"{best:>12.4f}" if best is not None else f"{'-':>12}",
                   f"{result.get('training_iteration', 0):>7}", status]
-        console.say("  ".join(cells))
+        console.say("  ".join(cells), progress=True)
         if self.bar is not None:
             self.bar.update(1)
 

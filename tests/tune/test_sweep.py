@@ -38,10 +38,11 @@ def sweep_yaml(shards, tmp_path) -> Path:
 def test_sweep_writes_results_and_best_and_transfers(ray_session, sweep_yaml, tmp_path, capsys):
     sweep, base = load_sweep(sweep_yaml)
     best = run_sweep(sweep, base, callbacks=[TrialTable(list(sweep.search), sweep.metric, sweep.mode, total=2)])
-    table = capsys.readouterr().out.splitlines()  # raylm tune's console: a row per trial as it finishes
-    assert table[0].split()[:3] == ["trial", "optim.lr", "model.output_mult"]
+    table = capsys.readouterr().err.splitlines()  # raylm tune's console: a row per trial as it finishes
+    head = table[0].split()
+    assert head[0] == "trial" and set(head[1:3]) == {"optim.lr", "model.output_mult"}
     rows = [line.split() for line in table[1:] if line.endswith(" done")]
-    assert len(rows) == 2 and sorted(float(r[1]) for r in rows) == [1e-4, 3e-3]
+    assert len(rows) == 2 and sorted(float(r[head.index("optim.lr")]) for r in rows) == [1e-4, 3e-3]
     root = tmp_path / "sweeps" / "tiny"
     rows = list(csv.DictReader(open(root / "results.csv")))
     assert sorted(float(r["optim.lr"]) for r in rows) == [1e-4, 3e-3]
