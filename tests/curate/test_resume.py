@@ -86,8 +86,8 @@ def test_killed_run_resumes_with_only_the_unfinished_files(ray_session, inputs, 
 
     cfg = from_dict(CurateConfig, {"steps": STEPS, "keep_work": True})
     stats = run(cfg, [str(inputs)], str(out), quiet=True)
-    assert stats["resume"] == {"resumed": True, "files_done_before": len(done_before),
-                               "files_curated": N_FILES - len(done_before), "steps_reused": []}
+    assert stats["resume"] == {"resumed": True, "units": N_FILES, "units_done_before": len(done_before),
+                               "units_curated": N_FILES - len(done_before), "steps_reused": []}
     # the finished files were not redone: their markers are the ones the killed run wrote
     assert {p: (markers / p).stat().st_mtime_ns for p in done_before} == done_before
     assert len(list(markers.glob("*.json"))) == N_FILES
@@ -105,7 +105,7 @@ def test_rerun_after_the_dedup_decisions_reuses_them(ray_session, inputs, refere
     run(cfg, [str(inputs)], str(out), quiet=True)
     (out / "stats.json").unlink()  # what a kill before the last write leaves
     stats = run(cfg, [str(inputs)], str(out), quiet=True)
-    assert stats["resume"] == {"resumed": True, "files_done_before": N_FILES, "files_curated": 0,
+    assert stats["resume"] == {"resumed": True, "units": N_FILES, "units_done_before": N_FILES, "units_curated": 0,
                                "steps_reused": ["04-exact_dedup", "05-line_dedup", "06-minhash_dedup"]}
     data, rejected, resumed = outputs(out)
     assert (data, rejected) == reference[:2] and counts(resumed) == counts(reference[2])
@@ -124,6 +124,6 @@ def test_rerun_with_another_config_is_refused_and_a_finished_run_cleans_up(ray_s
         run(other, one_file, str(out), quiet=True)
     assert (out / WORK).is_dir()  # nothing was deleted by the refused run
     stats = run(other, one_file, str(out), overwrite=True, quiet=True)
-    assert stats["resume"]["resumed"] is False and stats["resume"]["files_curated"] == 1
+    assert stats["resume"]["resumed"] is False and stats["resume"]["units_curated"] == 1
     run(from_dict(CurateConfig, {"steps": ["normalize"]}), one_file, str(out), overwrite=True, quiet=True)
     assert not (out / WORK).exists()  # keep_work false: the work folder goes once the run is done
