@@ -10,8 +10,8 @@ near-dedup removes.
 ``raylm curate`` runs with the dedup-only config (``minhash_dedup``, threshold 0.8) as its own
 process, as a user runs it, on a local Ray with ``--num-cpus`` CPUs; per size it records the
 wall time, documents/s (curate's own timer, Ray start-up excluded, and the whole process), the
-driver's peak RSS (``getrusage(RUSAGE_SELF)`` of the ``raylm curate`` process alone, not Ray's
-workers), removed vs planted, and the connected-components rounds.
+driver's peak RSS (``VmHWM`` of the ``raylm curate`` process alone, not Ray's workers),
+removed vs planted, and the connected-components rounds.
 
 Targets (issue 15): removed == planted at every size; driver peak RSS at 3M <= 1.2x that at
 30k; throughput at 3M >= 0.8x that at 300k.
@@ -38,12 +38,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG = "steps:\n  - minhash_dedup: {threshold: 0.8}\n"
+# VmHWM is this process's own peak RSS; getrusage's ru_maxrss would also count the benchmark
+# process's size at the fork that started this one (Linux keeps it across exec)
 DRIVER = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from raylm.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"process_s": time.perf_counter() - t0, "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"process_s": time.perf_counter() - t0, "driver_peak_rss_mb": hwm / 1024}))
 sys.exit(rc or 0)
 """
 
@@ -80,6 +83,12 @@ def write_corpus(folder: Path, n: int, seed: int = 0, per_file: int = 100_000, c
             for j in range(start, min(n, start + per_file)):
                 out.write(json.dumps({"id": f"d{j}", "text": docs[j]}) + "\n")
     return n_copies
+
+
+def write_in_child(folder: Path, n: int) -> int:
+    """``write_corpus`` in its own process, so this one stays small (its memory is nobody's)."""
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import curate_scale as C; print(C.write_corpus(__import__('pathlib').Path({str(folder)!r}), {n}))"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def run_curate(corpus: Path, out: Path, num_cpus: int) -> dict:
@@ -131,7 +140,7 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             corpus = work / f"corpus-{n}"
             t0 = time.perf_counter()
-            planted = write_corpus(corpus, n)
+            planted = write_in_child(corpus, n)
             size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
             print(f"{n:>9,} documents ({size_mb:.0f} MB, {planted:,} planted) written in {time.perf_counter() - t0:.0f}s",
                   flush=True)

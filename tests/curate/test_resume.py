@@ -8,64 +8,20 @@ uninterrupted run writes.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from raylm.config import from_dict
 from raylm.curate.pipeline import CurateConfig, run
 from raylm.curate.workdir import WORK
 from raylm.storage import InputError
-
-SAMPLE = Path(__file__).parents[2] / "data/sample/corpus.jsonl.gz"
-STEPS = ["normalize", "quality", "langid", "pii", "exact_dedup", {"line_dedup": {"min_docs": 3}},
-         {"minhash_dedup": {"threshold": 0.8}}]
-N_FILES = 16
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    """The sample corpus in 16 JSONL files, with some documents copied into a second file
-    (exact duplicates across files) so the dedup steps have work to resume."""
-    folder = tmp_path_factory.mktemp("inputs")
-    with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    files: list[list[dict]] = [[] for _ in range(N_FILES)]
-    for i, d in enumerate(docs):
-        files[i % N_FILES].append(d)
-        if i % 10 == 0:
-            files[(i + 7) % N_FILES].append({**d, "id": f"{d['id']}-copy"})
-    for i, records in enumerate(files):
-        with open(folder / f"part-{i:02d}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return folder
-
-
-def outputs(out: Path) -> tuple[list, list, dict]:
-    data = sorted((r["id"], r["text"]) for r in pq.read_table(out / "data").select(["id", "text"]).to_pylist())
-    rejected = sorted((r["id"], r["step"], r["reason"])
-                      for r in pq.read_table(out / "rejected").select(["id", "step", "reason"]).to_pylist())
-    stats = json.loads((out / "stats.json").read_text())
-    return data, rejected, stats
-
-
-def counts(stats: dict) -> list:
-    return [(s["step"], s["docs_in"], s["kept"], s["dropped"], s.get("counters")) for s in stats["steps"]]
-
-
-@pytest.fixture(scope="module")
-def reference(ray_session, inputs, tmp_path_factory) -> tuple[list, list, dict]:
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run(from_dict(CurateConfig, {"steps": STEPS}), [str(inputs)], str(out), quiet=True)
-    return outputs(out)
+from tests.curate.runs import N_FILES, STEPS, counts, outputs
 
 
 def test_killed_run_resumes_with_only_the_unfinished_files(ray_session, inputs, reference, tmp_path):
