@@ -66,6 +66,8 @@ class MinHashConfig(StepConfig):
             raise ConfigError(f"bands * rows = {bands} * {rows} must be <= num_perm = {self.num_perm}")
         if not 0.0 < self.recall_at_threshold < 1.0:
             raise ConfigError(f"recall_at_threshold must be in (0, 1), got {self.recall_at_threshold}")
+        if self.max_rounds < 1:
+            raise ConfigError(f"max_rounds must be >= 1, got {self.max_rounds}")
 
     def lsh(self) -> tuple[int, int]:
         rows = self.rows or mh.lsh_params(self.num_perm)[1]
