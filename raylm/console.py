@@ -117,6 +117,16 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def bar(**kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr that follows the terminal's width (a pseudo-terminal that reports
+    no width, as some CI and ``script`` sessions do, gets 100 columns instead of an empty bar)."""
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        width = 0
+    return tqdm(file=sys.stderr, dynamic_ncols=width > 0, ncols=None if width else 100, **kwargs)
+
+
 def say(text: str = "", progress: bool = False) -> None:
     """One of raylm's own lines (above any bar that is drawing): on stdout, or with ``progress``
     on stderr, where progress goes, so that a command's result on stdout (JSON) stays clean."""
@@ -149,13 +159,15 @@ class Stage:
     On a terminal a tqdm bar (the counters as rates: docs/s, MB/s, tok/s); elsewhere one line
     when the stage ends: ``name  summary  in 3.2s (69 docs/s, 0.12 MB/s)``."""
 
-    def __init__(self, name: str, total: int | None = None, unit: str = "it") -> None:
+    def __init__(self, name: str, total: int | None = None, unit: str | None = None) -> None:
         self.name, self.total, self.unit = name, total, unit
         self.counts: dict[str, float] = {}
         self.summary: str | None = None
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, desc=name, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                        leave=True) if interactive() else None
+        self.bar = None
+        if interactive():  # without a unit nothing is counted: the bar shows the time it takes
+            self.bar = bar(total=total, desc=name, unit=unit or "it",
+                           **({} if unit else {"bar_format": "{desc} [{elapsed}{postfix}]"}))
         self._closed = threading.Event()
         if self.bar is not None:  # the elapsed time moves on while a part without a count runs
             threading.Thread(target=self._tick, name=f"raylm-{name}-bar", daemon=True).start()
@@ -170,9 +182,10 @@ class Stage:
 
     def rates(self) -> str:
         dt = max(self.seconds, 1e-9)
+        shown = f"{self.unit}s" if self.bar is not None and self.unit else None  # tqdm shows that rate
         return ", ".join(f"{human(self.counts[k] * scale / dt)} {label}" if scale == 1.0
                          else f"{self.counts[k] * scale / dt:.2f} {label}"
-                         for k, (label, scale) in _RATES.items() if self.counts.get(k))
+                         for k, (label, scale) in _RATES.items() if self.counts.get(k) and k != shown)
 
     def advance(self, n: int = 1, **counts: float) -> None:
         for key, value in counts.items():
@@ -197,7 +210,7 @@ class Stage:
         if self.bar is not None:
             if self.summary:
                 self.bar.set_description_str(self.name)
-                self.bar.set_postfix_str(self.summary, refresh=False)
+                self.bar.set_postfix_str(", ".join(x for x in (self.summary, rates) if x), refresh=False)
             self.bar.close()
         elif not failed:
             say(f"{self.name:<10} {self.summary or ''}{tail}".rstrip(), progress=True)
@@ -209,6 +222,7 @@ class Stage:
         self.close(failed=kind is not None)
 
 
-def stage(name: str, total: int | None = None, unit: str = "it") -> Stage:
-    """``with console.stage("curate", total=len(files), unit="file") as s: ... s.advance(...)``."""
+def stage(name: str, total: int | None = None, unit: str | None = None) -> Stage:
+    """``with console.stage("curate", total=len(files), unit="file") as s: ... s.advance(...)``;
+    without ``unit`` the stage counts nothing and its bar shows the time it takes."""
     return Stage(name, total, unit)

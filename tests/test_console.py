@@ -48,9 +48,10 @@ def test_stage_off_a_terminal_is_one_line(level, capsys):
     assert err.startswith("curate     3 files, 300 docs in ") and "docs/s" in err and "MB/s" in err
 
 
-def test_stage_on_a_terminal_is_a_bar(level, monkeypatch):
+@pytest.mark.parametrize("columns", [120, 0])  # 0: a pseudo-terminal that reports no width (script, some CI)
+def test_stage_on_a_terminal_is_a_bar(level, monkeypatch, columns):
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     tty = open(slave, "w", buffering=1)
     monkeypatch.setattr(sys, "stderr", tty)
     monkeypatch.setattr(sys, "stdout", tty)
@@ -67,7 +68,9 @@ def test_stage_on_a_terminal_is_a_bar(level, monkeypatch):
     tty.close()
     os.close(master)
     assert "\r" in shown and "tokenizer: training" in shown and "5doc" in shown.replace(" ", "")
-    assert shown.rstrip().endswith("bpe, 2000 pieces from 5 docs]")  # the bar stays, with its summary
+    final = shown.rstrip().split("\r")[-1]  # the bar stays, with its summary and rates
+    assert final.startswith("tokenizer: 5doc [") and "bpe, 2000 pieces from 5 docs, " in final
+    assert "MB/s" in final and "docs/s" not in final  # tqdm's doc/s, not the same rate twice
 
 
 def test_human_and_duration():

@@ -83,9 +83,7 @@ class TrainProgress:
 
         self.queue = Queue(actor_options={"num_cpus": 0})
         if console.interactive():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.cfg.steps, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = console.bar(total=self.cfg.steps, desc="train", unit="step")
         self._thread = threading.Thread(target=self._drain, name="raylm-train-progress", daemon=True)
         self._thread.start()
         return self

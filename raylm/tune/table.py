@@ -23,9 +23,7 @@ class TrialTable(Callback):
         self.best: dict[str, float] = {}
         self.bar = None
         if console.interactive():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
+            self.bar = console.bar(total=total, desc="trials", unit="trial")
         console.say("  ".join([f"{'trial':<8}", *(f"{k:>{w}}" for k, w in zip(keys, self.widths)),
                                f"{'last ' + metric:>12}", f"{'best ' + metric:>12}", f"{'reports':>7}", "status"]),
                     progress=True)
