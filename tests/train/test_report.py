@@ -15,6 +15,7 @@ import pytest
 
 from raylm.cli import main
 from raylm.train.config import train_config
+from raylm.train.plots import figures
 from raylm.train.report import headline
 from raylm.train.trainer import run_dir
 from tests.train.sample import STEPS
@@ -100,6 +101,8 @@ def test_headline_counts_spikes_and_rollbacks():
              "rollbacks": int(s >= 5), "tokens_seen": 64 * s} for s in range(1, 7)]
     top = dict(headline(rows, {"steps": 6}))
     assert top["spikes skipped / rollbacks"] == "2 / 1" and top["steps"] == "6 of 6"
+    marked, plain = figures(rows)["loss"], figures([{**r, "spike": False, "rollbacks": 0} for r in rows])["loss"]
+    assert marked != plain  # the spikes and the rollback are drawn on the loss curve
 
 
 def test_report_of_a_missing_run_is_one_clear_error(tmp_path, capsys):
