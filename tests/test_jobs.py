@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raylm.config import load
-from raylm.data.pipeline import CurateConfig
+from raylm.curate.pipeline import CurateConfig
 from tests.local_head import RAY, start_head
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))

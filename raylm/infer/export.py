@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 
-from raylm.data.read import InputError
 from raylm.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from raylm.infer.checkpoint import model_state_dict, read_config, resolve_checkpoint
 from raylm.model import ModelConfig
 from raylm.model.hf import llama_config, llama_name
 from raylm.model.mup import fold_multipliers
+from raylm.storage import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -38,8 +38,8 @@ from torch import nn
 from raylm import storage
 from raylm.config import ConfigError, to_dict
 from raylm.data.mixing import MixConfig
-from raylm.data.read import InputError
 from raylm.model import ModelConfig
+from raylm.storage import InputError
 from raylm.train.checkpoint import DS_TAG, OPTIM, STATE, set_rng_state
 from raylm.train.config import TrainConfig, train_config
 
@@ -238,7 +238,7 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
         set_optimizer_state_dict,
     )
 
-    from raylm.data.loader import position_from_dict
+    from raylm.data.position import position_from_dict
     from raylm.infer.checkpoint import model_state_dict, read_config
 
     c = cfg.continual

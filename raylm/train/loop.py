@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raylm.data.loader import IGNORE_INDEX, TrainBatches, position_from_dict, split_rows
+from raylm.data.loader import IGNORE_INDEX, TrainBatches, split_rows
 from raylm.data.mixed_loader import MixedBatches
 from raylm.data.mixing import LengthSchedule
+from raylm.data.position import position_from_dict
 from raylm.model import Transformer
 from raylm.model.mup import mup_lr_scale
 from raylm.optim.optimizers import apply_lr, build_optimizer

@@ -71,7 +71,7 @@ def check_data(cfg: TrainConfig) -> None:
     """Driver-side checks of the data against the objective: ``fim`` needs FIM'd shards."""
     if cfg.objective != "fim":
         return
-    from raylm.data.read import InputError
+    from raylm.storage import InputError
 
     for key, path in training_folders(cfg).items():
         try:
