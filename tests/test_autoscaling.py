@@ -131,7 +131,14 @@ def seq_log(run: Path) -> list[dict]:
 
 
 def checkpoint_steps(run: Path) -> list[int]:
-    return sorted(json.loads(p.read_text())["step"] for p in run.glob("checkpoint_*/state.json"))
+    """Steps of the run's checkpoints whose ``state.json`` is complete (Ray copies them in)."""
+    steps = []
+    for path in run.glob("checkpoint_*/state.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except (ValueError, KeyError):  # being written
+            continue
+    return sorted(steps)
 
 
 @pytest.fixture(scope="module")
@@ -252,9 +259,9 @@ def test_a_node_drained_for_preemption_gets_a_checkpoint_first_and_the_run_goes_
     assert r["checkpoints_when_killed"] == [step] and step <= r["step_when_killed"] < STEPS, \
         (step, r["checkpoints_when_killed"], r["step_when_killed"])
     assert "Training was interrupted by node preemption" in r["logs"]
-    # the run went on from it on another node: a second worker process, elsewhere
-    where = [w["node_id"] for w in r["workers"]]
-    assert len(where) == 2 and r["drained"] in where and len(set(where)) == 2, where
+    # the run went on from it on another node (the drained one was gone): a second worker process
+    where = {w["node_id"] for w in r["workers"]}  # a worker group may also start and stop before training
+    assert r["drained"] in where and len(where) == 2, where
     pids = list(dict.fromkeys(row["pid"] for row in r["seq_ids"]))
     assert len(pids) == 2
     assert next(row["step"] for row in r["seq_ids"] if row["pid"] == pids[1]) == step + 1
