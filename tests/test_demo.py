@@ -23,7 +23,7 @@ def test_default_pipeline_on_sample(ray_session, tmp_path):
     out = tmp_path / "out"
     assert stats["conservation_ok"]
     names = [s["step"] for s in stats["steps"]]
-    assert names == ["read", "normalize", "quality", "langid", "pii", "exact_dedup", "line_dedup", "minhash_dedup"]
+    assert names == ["read", "normalize", "langid", "quality", "pii", "exact_dedup", "line_dedup", "minhash_dedup"]
     for prev, cur in zip(stats["steps"], stats["steps"][1:]):
         assert cur["docs_in"] == prev["kept"]  # what one step keeps, the next receives
         assert cur["docs_in"] == cur["kept"] + sum(cur["dropped"].values())
