@@ -1,12 +1,15 @@
 """Quality rules for Korean documents only (``lang == "ko"``), run after the Gopher rules.
 
-* ``ko_hangul_share``: too few of the letters are Korean. Hanja count as Korean: statutes
-  and older prose mix Hangul and Hanja (國漢文混用, e.g. the 1948 Constitution), and a page of
-  such text is Korean, not Chinese. Latin letters (English terms, code) count against it.
+* ``ko_hangul_share``: too few eojeol are Korean, i.e. have a Hangul syllable or a Hanja in
+  them, of the eojeol with a letter. Counted by eojeol, not by letters, so that Korean prose
+  with English terms and commands (``Python의 dict 타입은``: a third of the letters are
+  Hangul, two thirds of the eojeol) is Korean, and a page of English under a ``ko`` label is
+  not. Hanja count as Korean: statutes and older prose mix Hangul and Hanja (國漢文混用, e.g.
+  the 1948 Constitution), and such text is Korean, not Chinese.
 * ``ko_jamo_noise``: too many bare jamo, conjoining (U+1100-11FF, what NFKC turns
   compatibility jamo into) or compatibility (U+3130-318F: ㅋㅋㅋ, ㅠㅠ, ㅇㅇ): chat noise and
   broken decoding rather than prose.
-* ``ko_long_eojeol``: too many eojeol longer than any real one (typically text whose spaces
+* ``ko_long_eojeol``: too many Korean eojeol longer than any real one (typically text whose spaces
   were lost), measured in Hangul and Hanja characters so punctuation and numbers do not count.
 """
 
@@ -20,7 +23,6 @@ from raylm.curate.steps import segment
 
 _SYLLABLE_RE = re.compile(f"[{segment.HANGUL_SYLLABLES}]")
 _JAMO_RE = re.compile(f"[{segment.HANGUL_JAMO}]")
-_HAN_RE = re.compile(f"[{segment.HAN}]")
 _LETTER_RE = re.compile(r"[^\W\d_]")
 _KOREAN_CHARS_RE = re.compile(f"[{segment.HANGUL_SYLLABLES}{segment.HAN}]")
 
@@ -29,8 +31,10 @@ _KOREAN_CHARS_RE = re.compile(f"[{segment.HANGUL_SYLLABLES}{segment.HAN}]")
 class KoreanConfig:
     enabled: bool = True
     """Apply these rules to documents whose language is ``ko``."""
-    min_korean_share: float = 0.4
-    """Fewest letters that are Hangul syllables or Hanja, of all letters (``ko_hangul_share``)."""
+    min_korean_share: float = 0.3
+    """Fewest eojeol with Hangul or Hanja in them, of the eojeol with a letter
+    (``ko_hangul_share``; LibreOffice's Korean help pages full of menu paths and code: 0.31 at
+    least)."""
     max_jamo_ratio: float = 0.02
     """Most bare jamo per Hangul character, syllables and jamo (``ko_jamo_noise``)."""
     long_eojeol: int = 16
@@ -48,16 +52,17 @@ class KoreanConfig:
 
 
 def korean_rule(text: str, eojeol: list[str], cfg: KoreanConfig) -> str | None:
-    letters = len(_LETTER_RE.findall(text))
-    syllables = len(_SYLLABLE_RE.findall(text))
-    if letters and (syllables + len(_HAN_RE.findall(text))) / letters < cfg.min_korean_share:
+    with_letters = [w for w in eojeol if _LETTER_RE.search(w)]
+    korean = [w for w in with_letters if _KOREAN_CHARS_RE.search(w)]
+    if with_letters and len(korean) / len(with_letters) < cfg.min_korean_share:
         return "ko_hangul_share"
+    syllables = len(_SYLLABLE_RE.findall(text))
     jamo = len(_JAMO_RE.findall(text))
     if jamo and jamo / (syllables + jamo) > cfg.max_jamo_ratio:
         return "ko_jamo_noise"
-    if eojeol:
+    if korean:
         limit = cfg.long_eojeol
-        long = sum(1 for w in eojeol if len(w) > limit and len(_KOREAN_CHARS_RE.findall(w)) > limit)
-        if long / len(eojeol) > cfg.max_long_eojeol_ratio:
+        long = sum(1 for w in korean if len(w) > limit and len(_KOREAN_CHARS_RE.findall(w)) > limit)
+        if long / len(korean) > cfg.max_long_eojeol_ratio:
             return "ko_long_eojeol"
     return None

@@ -57,6 +57,12 @@ def test_text_mostly_in_english_under_a_korean_label_fails_hangul_share():
     assert judge(english + "이 문장만 한국어입니다.", "ko", no_other_rules()) == "ko_hangul_share"
 
 
+def test_korean_prose_with_english_terms_and_code_is_korean():
+    prose = ("Python의 dict 타입은 key-value 쌍을 저장합니다. 예를 들어 counts.get(word, 0) 은 없는 키에 0을 "
+             "돌려줍니다. for 문으로 items() 를 돌면 키와 값을 함께 받습니다. 정렬하려면 sorted(counts) 를 씁니다.")
+    assert judge(prose, "ko", no_other_rules()) is None
+
+
 def test_jamo_noise_fails():
     chat = "\n".join(f"오늘 경기 진짜 대박이었다 ㅋㅋㅋㅋㅋ ㅠㅠ 다음에도 같이 보자 ㅎㅎ {i}" for i in range(10))
     assert judge(chat, "ko", no_other_rules()) == "ko_jamo_noise"
