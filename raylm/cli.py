@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
-``export``, ``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``curate fit-thresholds``, ``tokenizer train``, ``prepare``, ``train``,
+``eval``, ``generate``, ``export``, ``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -26,6 +26,16 @@ def _curate(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/data, stats.json, duplicates.parquet"
           + (", rejected/" if cfg.write_rejected else "") + (", report.html" if cfg.report else ""))
     return 0 if stats["conservation_ok"] else 1
+
+
+def _fit_thresholds(args: argparse.Namespace) -> int:
+    from raylm.curate.fit_thresholds import fit, parse_references
+    from raylm.curate.steps.quality_table import dump
+
+    table = fit(parse_references(args.reference), base=args.base, min_cut=args.min_cut)
+    dump(table, args.output)
+    print(f"wrote {args.output}; use it with: quality: {{table: {args.output}}}")
+    return 0
 
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
@@ -264,6 +274,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.set_defaults(func=_curate)
 
+    f = sub.add_parser("fit-thresholds", help="(also: raylm curate fit-thresholds) fit the quality step's "
+                       "thresholds per language on reference text")
+    f.add_argument("--reference", action="append", required=True, metavar="LANG=PATH",
+                   help="reference text of one language (JSONL with 'text', .gz too, or a folder); en is needed")
+    f.add_argument("-o", "--output", required=True, help="the table to write (YAML)")
+    f.add_argument("--base", default="builtin", help="table whose segmenters, stop words and rules_off are kept")
+    f.add_argument("--min-cut", type=int, default=5,
+                   help="fewest English documents a threshold must cut to be fitted by quantile")
+    f.set_defaults(func=_fit_thresholds)
+
     t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a curated dataset")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
     tt = tsub.add_parser("train", help="train on a uniform sample streamed with Ray Data")
@@ -373,6 +393,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["curate", "fit-thresholds"]:
+        argv = argv[1:]
     args = parser().parse_args(argv)
     try:
         return args.func(args)
