@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``curate fit-thresholds``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
-``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``curate fit-thresholds``, ``tokenizer train``, ``prepare``, ``train``,
+``eval``, ``generate``, ``export``, ``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -146,6 +146,22 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"speculative: {gen.accepted}/{gen.drafted} drafts accepted (acceptance rate "
               f"{gen.acceptance_rate:.3f}), {gen.tokens_per_forward:.3f} tokens per main-model forward "
               f"({gen.produced} tokens, {gen.forwards} forwards)", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raylm.infer.checkpoint import CheckpointError
+
+    try:
+        from raylm.infer.export import describe, export
+    except ImportError as exc:
+        raise InputError(f"export needs transformers ({exc}): pip install 'raylm[export]'") from None
+    try:
+        summary = export(args.checkpoint, args.output, tokenizer=args.tokenizer, dtype=args.dtype,
+                         overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    print(describe(summary))
     return 0
 
 
@@ -310,6 +326,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", action="store_true",
                    help="greedy decoding drafted by the model's MTP heads; prints the acceptance rate to stderr")
     g.set_defaults(func=_generate)
+    ex = sub.add_parser("export", help="a checkpoint as a Hugging Face Llama folder (transformers, vLLM)")
+    ex.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    ex.add_argument("-o", "--output", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
+    ex.add_argument("--tokenizer", help="SentencePiece .model (default: the one the training data was prepared with)")
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="of the written weights (default float32, as trained)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    ex.set_defaults(func=_export)
     ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
     ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
