@@ -38,8 +38,9 @@ from raylm.storage import filesystem
 
 # The default pipeline follows FineWeb's recipe for C4's rules: documents are judged by them,
 # but lines without terminal punctuation are not cut (that rule guts code, lists and tables).
+# langid runs before quality, which judges each document by its language's words and thresholds.
 DEFAULT_STEPS: list[Any] = [
-    "normalize", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "langid", "pii",
+    "normalize", "langid", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "pii",
     "exact_dedup", "line_dedup", "minhash_dedup",
 ]
 
