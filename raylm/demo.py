@@ -74,7 +74,7 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
     cfg = CurateConfig(ray=RayConfig(num_cpus=num_cpus))
     ensure_ray(cfg.ray)
 
-    say("\n1. Curate with Ray Data: normalize, quality, langid, pii, exact/line/MinHash dedup")
+    say(f"\n1. Curate with Ray Data: {', '.join(name for name, _ in cfg.parsed_steps())}")
     stats = run(cfg, [str(SAMPLE)], str(out / "curated"), overwrite=True, quiet=True)
     _curate_paragraph(stats, out)
 
