@@ -136,12 +136,12 @@ def say(text: str = "", progress: bool = False) -> None:
 
 
 def human(n: float, unit: str = "") -> str:
-    """``236544`` -> ``237k``; ``1.2e9`` -> ``1.2G``."""
+    """``236544`` -> ``237k``; ``1.2e9`` -> ``1.2G``; ``126.45`` -> ``126``."""
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             v = n / div
             return f"{v:.1f}{suffix}{unit}" if v < 100 else f"{v:.0f}{suffix}{unit}"
-    return f"{n:.0f}{unit}" if float(n).is_integer() else f"{n:.2f}{unit}"
+    return f"{n:.3g}{unit}"
 
 
 def duration(seconds: float) -> str:

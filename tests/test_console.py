@@ -75,4 +75,5 @@ def test_stage_on_a_terminal_is_a_bar(level, monkeypatch, columns):
 
 def test_human_and_duration():
     assert console.human(236544) == "237k" and console.human(1.5e9) == "1.5G" and console.human(12) == "12"
+    assert console.human(126.45) == "126" and console.human(0.5) == "0.5"
     assert console.duration(3.21) == "3.2s" and console.duration(75.3) == "1m15s"
