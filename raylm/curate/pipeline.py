@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import pyarrow.fs as pafs
 
-from raylm import storage
+from raylm import console, storage
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.curate import read as R
@@ -214,9 +214,12 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     if head:
         parts, units_before = curate_units(units, read_config(cfg), head, out, stats, cfg.batch_size,
                                            cfg.ray.remote_args, quiet)
-    ds = build_dataset(cfg, units, stats, ctx, parts)
     sink = CurateSink(out, cfg.write_rejected, cfg.rows_per_file)
-    ds.write_datasink(sink)
+    rest = [name for name, _ in cfg.parsed_steps()[len(head):]]
+    with console.stage("dedup" if any("dedup" in n for n in rest) else "curate") as progress:
+        ds = build_dataset(cfg, units, stats, ctx, parts)
+        ds.write_datasink(sink)
+        progress.done(f"{', '.join(rest + ['write'])}: {sum(r['kept'] for r in sink.results)} kept")
     seconds = time.perf_counter() - t0
     telemetry = ray.get(stats.get.remote())
     ray.kill(stats)

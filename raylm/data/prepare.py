@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from raylm import console
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, to_dict
 from raylm.data.corpus import sort_inputs, uniform
@@ -259,16 +260,20 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
                   "remote_args": cfg.ray.remote_args}
         extra = {"inputs": paths, "config": to_dict(cfg)}
         split_keys = {"split": "train", "val": VAL_DIR} if cfg.val else {}
-        manifest = write_token_shards(_split_data(cfg, paths, "train" if cfg.val else "all"),
-                                      f"{out}/{name}", cfg.seq_len, drop_tail=cfg.drop_tail,
-                                      extra={**extra, **split_keys}, **common)
+        with console.stage("prepare") as progress:
+            manifest = write_token_shards(_split_data(cfg, paths, "train" if cfg.val else "all"),
+                                          f"{out}/{name}", cfg.seq_len, drop_tail=cfg.drop_tail,
+                                          extra={**extra, **split_keys}, **common)
+            _progress_done(progress, name, manifest)
         summary["sources"][name] = {k: manifest[k] for k in keys}
         summary["sources"][name]["path"] = f"{out}/{name}"
         if cfg.val:
-            val = write_token_shards(_split_data(cfg, paths, "val"), f"{out}/{name}/{VAL_DIR}", cfg.seq_len,
-                                     drop_tail=False, lang_column=LANG_COLUMN, extra={**extra, "split": "val"},
-                                     middle_column=MIDDLE_COLUMN if cfg.fim else None,
-                                     **common)
+            with console.stage("prepare") as progress:
+                val = write_token_shards(_split_data(cfg, paths, "val"), f"{out}/{name}/{VAL_DIR}", cfg.seq_len,
+                                         drop_tail=False, lang_column=LANG_COLUMN, extra={**extra, "split": "val"},
+                                         middle_column=MIDDLE_COLUMN if cfg.fim else None,
+                                         **common)
+                _progress_done(progress, f"{name}/{VAL_DIR}", val)
             summary["sources"][name]["val"] = {k: val[k] for k in keys} | {"path": f"{out}/{name}/{VAL_DIR}"}
     summary["num_tokens"] = sum(s["num_tokens"] for s in summary["sources"].values())
     summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -276,3 +281,9 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
     with fs.open_output_stream(f"{root}/prepare.json") as f:
         f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
     return summary
+
+
+def _progress_done(progress: console.Stage, name: str, manifest: dict[str, Any]) -> None:
+    progress.advance(0, tokens=manifest["num_tokens"])
+    progress.done(f"{name}: {manifest['num_sequences']:,} sequences, {manifest['num_tokens']:,} tokens "
+                  f"({manifest['waste_fraction']:.1%} waste)")

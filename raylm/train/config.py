@@ -18,6 +18,7 @@ from raylm.data.transforms import MaskingConfig, MLMConfig
 from raylm.model import FLAVORS, ModelConfig
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
+from raylm.train.tracking import TrackingConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -344,6 +345,8 @@ class TrainConfig:
     continual: ContinualConfig = dataclasses.field(default_factory=ContinualConfig)
     """Continual pretraining: start from another run's checkpoint, replay its data, branch its
     WSD decay, report forgetting."""
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    """Experiment tracking from rank 0: ``mlflow: {...}`` and/or ``wandb: {...}``."""
 
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:

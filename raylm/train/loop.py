@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raylm import console
 from raylm.data.loader import IGNORE_INDEX, TrainBatches, split_rows
 from raylm.data.mixed_loader import MixedBatches
 from raylm.data.mixing import LengthSchedule
@@ -59,6 +60,7 @@ from raylm.train.parallel import (
 from raylm.train.preemption import PreemptionNotice
 from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
+from raylm.train.tracking import Tracker
 
 
 def _all_sum(x: torch.Tensor) -> torch.Tensor:
@@ -117,10 +119,8 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int, run_dir: str
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = False  # one bar per shuffle window is noise
-    DataContext.get_current().print_on_execution_start = False
+    console.quiet_train_worker()  # no Ray Data bar per shuffle window, no line per report
     cfg = train_config(config["train"], "train_loop_config")
     run_dir: str | None = config.get("run_dir")  # local storage only: metrics.jsonl, tensorboard/
     ctx = ray.train.get_context()
@@ -176,6 +176,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     local = _LocalCheckpoints(cfg.name, rank)
     tb = TensorBoard(os.path.join(run_dir, "tensorboard") if run_dir and rank == 0 else None)
     log_path = os.path.join(run_dir, "metrics.jsonl") if run_dir and rank == 0 else None
+    tracker = Tracker(cfg.tracking, rank, config["train"], run_dir)  # MLflow / W&B, rank 0 only
     peak = peak_tflops(device, cfg.peak_tflops)
     flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
     tokens_window, t_window, wait_window = 0, time.perf_counter(), 0.0
@@ -185,6 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def log(metrics: dict[str, Any]) -> None:  # rank 0: TensorBoard and metrics.jsonl
         if rank == 0:
             tb.log(metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
+            tracker.log(metrics)
             if log_path:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -311,6 +313,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 log(metrics)
                 save_and_report(metrics, bool(ckpt_now))
                 tokens_window, t_window, wait_window = 0, time.perf_counter(), loader.data_wait_s
+        tracker.finish()
     finally:
         loader.close()
         if seq_log is not None:

@@ -9,7 +9,8 @@ rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with a
 there from the driver. Before any worker starts, the data are checked against the objective
 (``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders; a
 continual run (``continual.init_from``) is resolved against its checkpoint
-(``raylm.train.continual.resolve``) and its ``config.json`` is the resolved config.
+(``raylm.train.continual.resolve``) and its ``config.json`` is the resolved config. Next to it
+``hardware.json`` records the cluster the run had (for ``raylm.train.report``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raylm import storage
+from raylm import console, storage
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
+from raylm.train.report import hardware
 from raylm.train.runlog import RunLog
 
 
@@ -91,9 +93,17 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
             callbacks=callbacks or None,
+            logging_config=console.train_logging(),
         ),
     )
+    _write_json(fs, f"{path}/{cfg.name}/hardware.json", hardware())
     return trainer.fit()
+
+
+def _write_json(fs, path: str, data: dict[str, Any]) -> None:
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
 
 
 def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:
