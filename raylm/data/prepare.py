@@ -1,16 +1,18 @@
 """``raylm prepare``: curated Parquet -> tokenised, (FIM-transformed,) packed token shards per source.
 
-An input file is one packing unit (``raylm.data.shards``). Every source's files go to an
-actor pool (``PrepareUnits``; one actor per CPU, the model loaded once per actor), one file per
-task: the actor reads the file in ``batch_size`` batches, tokenises each batch with one batched
-encode call (``raylm.data.encode``), optionally FIM-transforms every document, packs the
-file's documents in file order (``shards.pack_unit``) and writes the file's shards itself
-(``shards.write_packed``). Nothing but counts travels back: no shuffle groups documents by
-file, because a file never leaves its actor. The driver renames the shards in ``seq_id`` order
-and writes the manifest (``shards.finish_shards``). The FIM generator of a document is seeded
-from ``(fim.seed, file index, row index)``, so the output does not depend on which actor
-takes which file. Mixing is not done here: training mixes the per-source shard folders at
-read time (``raylm.data.mixing.Mixer``).
+An input file is one packing unit (``raylm.data.shards``) and one Ray task of one CPU
+(``prepare_file``), for all sources' files at once: the task reads the file in ``batch_size``
+batches, tokenises each batch with one encode call (``raylm.data.encode``: kitoken where its
+ids are SentencePiece's, else SentencePiece), optionally FIM-transforms every document, packs
+the file's documents in file order (``shards.pack_unit``) and writes the file's shards itself
+(``shards.write_packed``, named by the unit, so a retried task replaces its files). Only counts
+come back; the driver renames the shards in ``seq_id`` order and writes each manifest
+(``shards.finish_shards``). Nothing is shuffled (a file never leaves its task) and no actor
+is started: loading the model takes milliseconds, so every task loads its own, on workers Ray
+has already started. The FIM generator of a document is seeded from ``(fim.seed, file index,
+row index)``, so the output does not depend on where or in which order the files run. Mixing
+is not done here: training mixes the per-source shard folders at read time
+(``raylm.data.mixing.Mixer``).
 
 Held-out split (``val``): a document is held out when a keyed hash of its text (blake2b,
 salted with ``val.seed``) falls below ``val.fraction``, so the split depends on nothing but
@@ -29,6 +31,7 @@ file's last sequence instead of dropping it, so no held-out document is lost; ev
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import time
@@ -104,8 +107,10 @@ class PrepareConfig:
     """Drop each file's last incomplete sequence (else pad it with ``<pad>``)."""
     batch_size: int = 1000
     """Documents read and encoded together (one batched encode call)."""
-    actor_pool_size: int = 2
-    """Tokeniser actors, one CPU each (at most one per input file: a file is one actor's work)."""
+    concurrency: int | None = None
+    """Most input files in work at once (a Ray task of one CPU per file); None: all of them, as
+    many running as the cluster has CPUs for (pending tasks are what makes an autoscaling
+    cluster grow)."""
     rows_per_shard: int = 10_000
     """Most sequences per shard file (every input file's sequences go to their own files)."""
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -124,9 +129,11 @@ class PrepareConfig:
                 raise ConfigError(f"sources.{name}: no input paths")
         if not self.text_field:
             raise ConfigError("text_field: must not be empty")
-        for name in ("batch_size", "actor_pool_size", "rows_per_shard"):
+        for name in ("batch_size", "rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency: {self.concurrency} must be at least 1 (or null: no limit)")
         if self.fim is not None:
             self.fim.validate()
         if self.val is not None:
@@ -187,44 +194,66 @@ class TokenizeFIM:
         return pa.table(cols)
 
 
-class PrepareUnits:
-    """``map_batches`` callable class, one row (``path``, ``unit``) per input file, run in an
-    actor pool (the model loads once per actor). A file is one packing unit: its documents are
-    read and tokenised (+FIM) batch by batch in file order, packed (``shards.pack_unit``) and
-    written as the unit's shard files (``shards.write_packed``) by this actor, per split. Only
-    the counts come back: one JSON row per (file, split)."""
-
-    def __init__(self, cfg: PrepareConfig, folders: dict[str, str], source: str) -> None:
-        tok_cfg = TokenizeConfig(model=cfg.tokenizer, add_bos=cfg.add_bos, add_eos=True)
-        self.encode = TokenizeFIM(tok_cfg, cfg.fim)
-        self.cfg, self.folders, self.source = cfg, folders, source
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        cfg = self.cfg
-        results = []
-        for path, unit in zip(batch.column("path").to_pylist(), batch.column("unit").to_pylist()):
-            parts: dict[str, list[pa.Table]] = {split: [] for split in self.folders}
-            for table in _read_unit(path, unit, cfg.text_field, cfg.batch_size, cfg.lang_field if cfg.val else None):
-                if cfg.val is None:
-                    parts["all"].append(self.encode(table))
-                    continue
-                val = held_out(table.column("text").to_pylist(), cfg.val)
-                for split, mask in (("train", ~val), ("val", val)):
-                    if mask.any():
-                        part = self.encode(table.filter(pa.array(mask)), mark_middle=split == "val")
-                        parts[split].append(part if split == "val" else part.drop_columns([LANG_COLUMN]))
-            for split, folder in self.folders.items():
-                if parts[split]:
-                    results.append({"split": split, **self._write(unit, split, folder, pa.concat_tables(parts[split]))})
-        return pa.table({"result": [json.dumps(r) for r in results]})
-
-    def _write(self, unit: int, split: str, folder: str, group: pa.Table) -> dict[str, Any]:
-        cfg, val = self.cfg, split == "val"
-        pack = PackConfig(seq_len=cfg.seq_len, drop_tail=cfg.drop_tail and not val)
+def prepare_file(cfg: PrepareConfig, folders: dict[str, str], source: str, path: str, unit: int) -> list[dict[str, Any]]:
+    """One input file, one packing unit (a Ray task): read its documents in ``batch_size``
+    batches, tokenise (+FIM) them in file order, pack them (``shards.pack_unit``) and write the
+    unit's shard files (``shards.write_packed``) into ``folders[split]``, for each split;
+    returns the counts, one dict per split with documents (``"split"``: its name)."""
+    encode = TokenizeFIM(TokenizeConfig(model=cfg.tokenizer, add_bos=cfg.add_bos, add_eos=True), cfg.fim)
+    parts: dict[str, list[pa.Table]] = {split: [] for split in folders}
+    for table in _read_unit(path, unit, cfg.text_field, cfg.batch_size, cfg.lang_field if cfg.val else None):
+        if cfg.val is None:
+            parts["all"].append(encode(table))
+            continue
+        val = held_out(table.column("text").to_pylist(), cfg.val)
+        for split, mask in (("train", ~val), ("val", val)):
+            if mask.any():
+                part = encode(table.filter(pa.array(mask)), mark_middle=split == "val")
+                parts[split].append(part if split == "val" else part.drop_columns([LANG_COLUMN]))
+    results = []
+    for split, folder in folders.items():
+        if not parts[split]:
+            continue
+        val = split == "val"
         middle = MIDDLE_COLUMN if val and cfg.fim else None
-        packed = pack_unit(group, cfg=pack, source=self.source, unit_column=UNIT_COLUMN, order_column=None,
-                           lang_column=LANG_COLUMN if val else None, middle_column=middle)
-        return write_packed(packed, folder, f"u{unit:010d}", cfg.rows_per_shard, shard_schema(val, middle is not None))
+        packed = pack_unit(pa.concat_tables(parts[split]), cfg=_pack_config(cfg, split), source=source,
+                           unit_column=UNIT_COLUMN, order_column=None, lang_column=LANG_COLUMN if val else None,
+                           middle_column=middle)
+        written = write_packed(packed, folder, f"u{unit:010d}", cfg.rows_per_shard, shard_schema(val, middle is not None))
+        results.append({"split": split, **written})
+    return results
+
+
+def _pack_config(cfg: PrepareConfig, split: str) -> PackConfig:
+    """Held-out shards pad each file's last sequence rather than drop it."""
+    return PackConfig(seq_len=cfg.seq_len, drop_tail=cfg.drop_tail and split != "val")
+
+
+def _run_files(cfg: PrepareConfig, work: list[tuple[str, dict[str, str], str, int]]) -> dict[str, list[dict[str, Any]]]:
+    """``prepare_file`` for every ``(source, folders, path, unit)`` of ``work`` as Ray tasks of
+    one CPU each, at most ``cfg.concurrency`` submitted at a time; the counts per source."""
+    import ray
+    from tqdm import tqdm
+
+    task = ray.remote(prepare_file).options(num_cpus=1, **cfg.ray.remote_args)
+    window = cfg.concurrency or len(work)
+    results: dict[str, list[dict[str, Any]]] = {source: [] for source, *_ in work}
+    pending: dict[Any, str] = {}
+    todo = iter(work)
+    with tqdm(total=len(work), desc="prepare", unit="file", disable=None) as bar:
+        try:
+            while True:
+                for source, folders, path, unit in itertools.islice(todo, window - len(pending)):
+                    pending[task.remote(cfg, folders, source, path, unit)] = source
+                if not pending:
+                    return results
+                done, _ = ray.wait(list(pending), num_returns=1)
+                results[pending.pop(done[0])].extend(ray.get(done[0]))
+                bar.update(1)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
 
 
 def source_files(paths: list[str]) -> list[str]:
@@ -248,9 +277,6 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
     """Write ``out_dir/<source>/`` token shards + manifest for every source (with ``val``: and
     ``out_dir/<source>/val/``), and ``out_dir/prepare.json``; returns the summary (sequences,
     tokens, waste per source)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from raylm.data.tokenizer import tokenizer_hash
 
     cfg.validate()
@@ -268,24 +294,21 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
     summary: dict[str, Any] = {"tokenizer_hash": h, "seq_len": cfg.seq_len, "sources": {}}
     keys = ("num_sequences", "num_tokens", "documents", "document_tokens", "dropped_tokens", "padded_tokens",
             "waste_fraction")
-    for name, paths in files.items():
-        folders = {"train": f"{out}/{name}", "val": f"{out}/{name}/{VAL_DIR}"} if cfg.val else {"all": f"{out}/{name}"}
-        for folder in folders.values():
+    folders = {name: {"train": f"{out}/{name}", "val": f"{out}/{name}/{VAL_DIR}"} if cfg.val
+               else {"all": f"{out}/{name}"} for name in files}
+    for name in files:
+        for folder in folders[name].values():
             clear_output(folder, overwrite)
-        pool = min(cfg.actor_pool_size, len(paths))
-        ds = ray.data.from_items([{"path": p, "unit": i} for i, p in enumerate(paths)], override_num_blocks=len(paths))
-        ds = ds.map_batches(PrepareUnits, fn_constructor_args=(cfg, folders, name), batch_size=1, batch_format="pyarrow",
-                            compute=ActorPoolStrategy(min_size=pool, max_size=pool, max_tasks_in_flight_per_actor=1),
-                            **cfg.ray.remote_args)
-        results = [json.loads(r["result"]) for r in ds.take_all()]
+    results = _run_files(cfg, [(name, folders[name], path, unit) for name, paths in files.items()
+                               for unit, path in enumerate(paths)])
+    for name, paths in files.items():
         extra = {"inputs": paths, "config": to_dict(cfg)}
-        for split, folder in folders.items():
+        for split, folder in folders[name].items():
             val = split == "val"
-            pack = PackConfig(seq_len=cfg.seq_len, drop_tail=cfg.drop_tail and not val)
             split_keys = {"split": "val"} if val else {"split": "train", "val": VAL_DIR} if cfg.val else {}
             flags = {"langs": True} | ({"fim_middle": True} if cfg.fim else {}) if val else {}
-            manifest = finish_shards(folder, [r for r in results if r["split"] == split], pack, name, h,
-                                     {**flags, **extra, **split_keys})
+            manifest = finish_shards(folder, [r for r in results[name] if r["split"] == split],
+                                     _pack_config(cfg, split), name, h, {**flags, **extra, **split_keys})
             stats = {k: manifest[k] for k in keys} | {"path": folder}
             if val:
                 summary["sources"][name]["val"] = stats
