@@ -1,5 +1,5 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
-``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``curate fit-thresholds``, ``tokenizer train``, ``prepare``, ``train``,
+``eval``, ``generate``, ``export``, ``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -26,6 +26,16 @@ def _curate(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/data, stats.json, duplicates.parquet"
           + (", rejected/" if cfg.write_rejected else "") + (", report.html" if cfg.report else ""))
     return 0 if stats["conservation_ok"] else 1
+
+
+def _fit_thresholds(args: argparse.Namespace) -> int:
+    from raylm.curate.fit_thresholds import fit, parse_references
+    from raylm.curate.steps.quality_table import dump
+
+    table = fit(parse_references(args.reference), base=args.base, min_cut=args.min_cut)
+    dump(table, args.output)
+    print(f"wrote {args.output}; use it with: quality: {{table: {args.output}}}")
+    return 0
 
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
@@ -139,6 +149,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from raylm.infer.checkpoint import CheckpointError
+
+    try:
+        from raylm.infer.export import describe, export
+    except ImportError as exc:
+        raise InputError(f"export needs transformers ({exc}): pip install 'raylm[export]'") from None
+    try:
+        summary = export(args.checkpoint, args.output, tokenizer=args.tokenizer, dtype=args.dtype,
+                         overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    print(describe(summary))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -248,6 +274,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.set_defaults(func=_curate)
 
+    f = sub.add_parser("fit-thresholds", help="(also: raylm curate fit-thresholds) fit the quality step's "
+                       "thresholds per language on reference text")
+    f.add_argument("--reference", action="append", required=True, metavar="LANG=PATH",
+                   help="reference text of one language (JSONL with 'text', .gz too, or a folder); en is needed")
+    f.add_argument("-o", "--output", required=True, help="the table to write (YAML)")
+    f.add_argument("--base", default="builtin", help="table whose segmenters, stop words and rules_off are kept")
+    f.add_argument("--min-cut", type=int, default=5,
+                   help="fewest English documents a threshold must cut to be fitted by quantile")
+    f.set_defaults(func=_fit_thresholds)
+
     t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a curated dataset")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
     tt = tsub.add_parser("train", help="train on a uniform sample streamed with Ray Data")
@@ -290,6 +326,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", action="store_true",
                    help="greedy decoding drafted by the model's MTP heads; prints the acceptance rate to stderr")
     g.set_defaults(func=_generate)
+    ex = sub.add_parser("export", help="a checkpoint as a Hugging Face Llama folder (transformers, vLLM)")
+    ex.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    ex.add_argument("-o", "--output", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
+    ex.add_argument("--tokenizer", help="SentencePiece .model (default: the one the training data was prepared with)")
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="of the written weights (default float32, as trained)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    ex.set_defaults(func=_export)
     ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
     ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
@@ -349,6 +393,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["curate", "fit-thresholds"]:
+        argv = argv[1:]
     args = parser().parse_args(argv)
     try:
         return args.func(args)

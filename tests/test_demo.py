@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylm.curate.pipeline import CurateConfig, run
@@ -23,7 +24,7 @@ def test_default_pipeline_on_sample(ray_session, tmp_path):
     out = tmp_path / "out"
     assert stats["conservation_ok"]
     names = [s["step"] for s in stats["steps"]]
-    assert names == ["read", "normalize", "quality", "langid", "pii", "exact_dedup", "line_dedup", "minhash_dedup"]
+    assert names == ["read", "normalize", "langid", "quality", "pii", "exact_dedup", "line_dedup", "minhash_dedup"]
     for prev, cur in zip(stats["steps"], stats["steps"][1:]):
         assert cur["docs_in"] == prev["kept"]  # what one step keeps, the next receives
         assert cur["docs_in"] == cur["kept"] + sum(cur["dropped"].values())
@@ -36,6 +37,11 @@ def test_default_pipeline_on_sample(ray_session, tmp_path):
     rejected = pq.read_table(out / "rejected")
     assert rejected.num_rows == stats["dropped"]
     assert set(rejected.column("step").to_pylist()) <= set(names)
+    quality = next(s for s in stats["steps"] if s["step"] == "quality")
+    judged = {k: v for k, v in quality["counters"].items() if k.startswith("judged_as_")}
+    assert judged["judged_as_ko"] > 0 and sum(judged.values()) == quality["docs_in"]  # each by its language
+    quality_rows = rejected.filter(pc.equal(rejected.column("step"), "quality"))
+    assert sorted(set(quality_rows.column("reason").to_pylist())) == sorted(quality["dropped"])
     report = (out / "report.html").read_text()
     assert "Conservation" in report and report.count("data:image/png;base64,") == 4
     assert json.loads((out / "stats.json").read_text())["kept"] == stats["kept"]

@@ -147,7 +147,7 @@ def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     assert sum(k.startswith("_work/files/") and k.endswith(".json") for k in objects) == 4
     fs.delete_file(f"{BUCKET}/curated/stats.json")
     second = curate()
-    assert second["resume"] == {"resumed": True, "files_done_before": 4, "files_curated": 0,
+    assert second["resume"] == {"resumed": True, "units": 4, "units_done_before": 4, "units_curated": 0,
                                 "steps_reused": ["01-exact_dedup"]}
     assert second["steps"] == first["steps"]
 

@@ -1,11 +1,12 @@
 """``raylm curate``: read -> steps -> Parquet, on Ray Data, streaming.
 
-The config lists steps in the order they run. The row steps before the first dedup step run
-per input file, one Ray Data task per file, whose output is kept under ``OUT/_work``
-(``raylm.curate.workdir``): a run killed midway and started again with the same command redoes
-only the files that were not finished. Dedup steps see the whole corpus: each materialises
-what came before it, finds duplicates on the cluster and marks them, and its decision is kept
-too. Row steps after a dedup step become ``map_batches`` operators. Dropped documents ride
+The config lists steps in the order they run. The inputs are cut into read units (a file, or
+a byte range / row-group run of a big one: ``raylm.curate.split``). The row steps before the
+first dedup step run per unit, one Ray Data task each, whose output is kept under
+``OUT/_work`` (``raylm.curate.units``): a run killed midway and started again with the same
+command redoes only the units that were not finished. Dedup steps see the whole corpus: each
+materialises what came before it, decides on the cluster (``raylm.curate.dedup``) and marks
+the drops, and its decision is kept too. Row steps after a dedup step become ``map_batches`` operators. Dropped documents ride
 along untouched to the sink, which writes ``data/`` and ``rejected/`` and counts both
 exactly, so ``stats.json`` can state ``documents_in == kept + sum(dropped)`` for every run.
 """
@@ -18,26 +19,28 @@ import os
 import time
 from typing import Any, Literal
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from raylm import storage
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.curate import read as R
-from raylm.curate.runner import StepActor, apply_step, ready, run_in_task
+from raylm.curate.context import RunContext
+from raylm.curate.dedup.clusters import publish_duplicates
+from raylm.curate.runner import StepActor, run_in_task
 from raylm.curate.sink import CurateSink
-from raylm.curate.stats import StatsActor, Telemetry, build_stats, merge_sink_results, summary_table
+from raylm.curate.split import plan_units
+from raylm.curate.stats import build_stats, merge_sink_results, stats_actor, summary_table
 from raylm.curate.steps import REGISTRY, RowStep, StepConfig, step_class
+from raylm.curate.units import curate_units, read_parts, read_units
 from raylm.curate.workdir import WorkDir, fingerprint
 from raylm.storage import filesystem
 
 # The default pipeline follows FineWeb's recipe for C4's rules: documents are judged by them,
 # but lines without terminal punctuation are not cut (that rule guts code, lists and tables).
+# langid runs before quality, which judges each document by its language's words and thresholds.
 DEFAULT_STEPS: list[Any] = [
-    "normalize", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "langid", "pii",
+    "normalize", "langid", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "pii",
     "exact_dedup", "line_dedup", "minhash_dedup",
 ]
 
@@ -95,126 +98,6 @@ class CurateConfig(R.ReadConfig):
         return out
 
 
-class RunContext:
-    """What a dataset step needs from the run: sizes, the stats actor, output collectors, and
-    the work folder where its decision is kept for a resumed run."""
-
-    def __init__(self, batch_size: int, num_shards: int, stats: Any,
-                 remote_args: dict[str, Any] | None = None, work: WorkDir | None = None) -> None:
-        self.batch_size, self.num_shards, self.stats = batch_size, num_shards, stats
-        self.remote_args = remote_args or {}
-        self.work = work
-        self.step_key = ""
-        """``<position>-<name>`` of the dataset step running now (set by ``build_dataset``)."""
-        self.reused: list[str] = []
-        self.duplicates: list[pa.Table] = []
-        self.cluster_sizes: list[np.ndarray] = []
-
-    def add_duplicates(self, table: pa.Table, cluster_sizes: np.ndarray) -> None:
-        self.duplicates.append(table)
-        self.cluster_sizes.append(cluster_sizes)
-
-    def stats_add(self, step: str, seconds: float = 0.0, counters: dict[str, int] | None = None) -> None:
-        import ray
-
-        ray.get(self.stats.add.remote(step, 0, 0, {}, seconds, counters or {}))
-
-    def load_decision(self, step: str) -> dict[str, pa.Table] | None:
-        """The current dataset step's decision from an earlier, killed run of the same command;
-        its telemetry is counted again. None: the step must decide now."""
-        saved = self.work.load_decision(self.step_key) if self.work else None
-        if saved is None:
-            return None
-        import ray
-
-        tables, telemetry = saved
-        ray.get(self.stats.add.remote(step, **telemetry))
-        self.reused.append(self.step_key)
-        return tables
-
-    def save_decision(self, step: str, tables: dict[str, pa.Table]) -> None:
-        """Keep the current dataset step's decision (and its telemetry so far) for a rerun."""
-        if self.work is None:
-            return
-        import ray
-
-        telemetry = ray.get(self.stats.get.remote()).get(
-            step, {"docs_in": 0, "bytes_in": 0, "dropped": {}, "seconds": 0.0, "counters": {}})
-        self.work.save_decision(self.step_key, tables, telemetry)
-
-
-def _read_batch(batch: pa.Table, cfg: R.ReadConfig):
-    for path, index in zip(batch.column("path").to_pylist(), batch.column("index").to_pylist()):
-        yield from R.read_file(path, index, cfg)
-
-
-def _read_parts(batch: pa.Table, out: str, batch_rows: int):
-    """map_batches (one row per part): the documents of a finished input file, as kept."""
-    work = WorkDir(out)
-    for name in batch.column("part").to_pylist():
-        with work.fs.open_input_file(work.part_path(name)) as f:
-            for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
-                yield pa.Table.from_batches([rb])
-
-
-def _curate_file(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: str, batch_size: int) -> pa.Table:
-    """map_batches (one row per input file): read the file, run the row steps on it batch by
-    batch, write what comes out under ``OUT/_work/files`` and mark the file done."""
-    work = WorkDir(out)
-    steps = [ready(step) for step in steps]
-    done = []
-    for path, index in zip(batch.column("path").to_pylist(), batch.column("index").to_pylist()):
-        telemetry, parts, rows, writer = Telemetry(), [], 0, None
-        for table in R.read_file(path, index, cfg):
-            for start in range(0, table.num_rows, batch_size):
-                chunk = table.slice(start, batch_size)
-                for step in steps:
-                    chunk = apply_step(step, chunk, telemetry)
-                if writer is None or not chunk.schema.equals(writer.schema):  # a new column: a new part
-                    if writer is not None:
-                        writer.close()
-                    parts.append(work.part_name(index, len(parts)))
-                    writer = pq.ParquetWriter(work.part_path(parts[-1]), chunk.schema, filesystem=work.fs)
-                writer.write_table(chunk)
-                rows += chunk.num_rows
-        if writer is not None:
-            writer.close()
-        work.mark_file_done(index, parts, rows, telemetry.get())
-        done.append(index)
-    return pa.table({"index": pa.array(done, pa.int64())})
-
-
-def curate_files(cfg: CurateConfig, files: list[str], steps: list[RowStep], out: str, stats: Any,
-                 quiet: bool = False) -> tuple[dict[int, dict[str, Any]], int]:
-    """Run the per-file row ``steps`` on every input file not yet done; returns every file's
-    marker (``WorkDir.done_files``) and how many were done before this run."""
-    import ray
-
-    work = WorkDir(out)
-    done = work.done_files()
-    work.clear_unfinished(done)
-    pending = [{"path": p, "index": i} for i, p in enumerate(files) if i not in done]
-    if done and not quiet:
-        print(f"resuming {out}: {len(done)} of {len(files)} input files already curated, {len(pending)} to go")
-    if pending:
-        read_cfg = R.ReadConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(R.ReadConfig)})
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.map_batches(_curate_file, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"cfg": read_cfg, "steps": steps, "out": out, "batch_size": cfg.batch_size},
-                            **cfg.ray.remote_args)
-        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            pass
-    markers = work.done_files()
-    missing = sorted(set(range(len(files))) - set(markers))
-    if missing:
-        raise RuntimeError(f"curate: input files {missing[:5]} finished without their marker in {work.root}")
-    telemetry = Telemetry()
-    for m in markers.values():
-        telemetry.add_all(m["telemetry"])
-    ray.get(stats.add_all.remote(telemetry.get()))
-    return markers, len(done)
-
-
 def _finished(fs: pafs.FileSystem, root: str) -> bool:
     return fs.get_file_info(f"{root}/stats.json").type == pafs.FileType.File
 
@@ -257,10 +140,14 @@ def split_steps(steps: list[tuple[str, StepConfig]]) -> tuple[list[RowStep], lis
     return head, []
 
 
-def build_dataset(cfg: CurateConfig, files: list[str], stats: Any, ctx: RunContext,
-                  markers: dict[int, dict[str, Any]] | None = None):
-    """The lazy Ray Data plan: every input file read (or, with ``markers``, the per-file
-    output of the leading row steps), then each remaining step in order."""
+def read_config(cfg: CurateConfig) -> R.ReadConfig:
+    return R.ReadConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(R.ReadConfig)})
+
+
+def build_dataset(cfg: CurateConfig, units: list[R.ReadUnit], stats: Any, ctx: RunContext,
+                  parts: list[str] | None = None):
+    """The lazy Ray Data plan: every read unit read (or, with ``parts``, the kept output of the
+    leading row steps), then each remaining step in order."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.data.context import DataContext, ShuffleStrategy
@@ -274,16 +161,14 @@ def build_dataset(cfg: CurateConfig, files: list[str], stats: Any, ctx: RunConte
 
     remote = cfg.ray.remote_args
     steps = cfg.parsed_steps()
-    if markers is None:
-        read_cfg = R.ReadConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(R.ReadConfig)})
-        ds = ray.data.from_items([{"path": p, "index": i} for i, p in enumerate(files)],
-                                 override_num_blocks=max(1, len(files)))
-        ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": read_cfg}, **remote)
+    if parts is None:
+        ds = ray.data.from_items([{"unit": u.to_dict()} for u in units], override_num_blocks=max(1, len(units)))
+        ds = ds.map_batches(read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": read_config(cfg)},
+                            **remote)
         first = 0
     else:
-        parts = [{"part": p} for _, m in sorted(markers.items()) for p in m["parts"]]
-        ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
-        ds = ds.map_batches(_read_parts, batch_size=1, batch_format="pyarrow",
+        ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
+        ds = ds.map_batches(read_parts, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"out": ctx.work.out, "batch_rows": cfg.batch_size}, **remote)
         first = len(split_steps(steps)[0])
     for position, (name, step_cfg) in enumerate(steps[first:], start=first):
@@ -319,15 +204,17 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     ensure_ray(cfg.ray, env)
     t0 = time.perf_counter()
     input_bytes = sum(_size(p) for p in files)
-    stats = StatsActor.remote()
+    stats = stats_actor()
     num_shards = cfg.num_shards or 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     work = WorkDir(out)
     ctx = RunContext(cfg.batch_size, num_shards, stats, cfg.ray.remote_args, work)
+    units = plan_units(files, cfg.split_bytes, cfg.ray.remote_args)
     head, _ = split_steps(cfg.parsed_steps())
-    markers, files_before = None, 0
+    parts, units_before = None, 0
     if head:
-        markers, files_before = curate_files(cfg, files, head, out, stats, quiet)
-    ds = build_dataset(cfg, files, stats, ctx, markers)
+        parts, units_before = curate_units(units, read_config(cfg), head, out, stats, cfg.batch_size,
+                                           cfg.ray.remote_args, quiet)
+    ds = build_dataset(cfg, units, stats, ctx, parts)
     sink = CurateSink(out, cfg.write_rejected, cfg.rows_per_file)
     ds.write_datasink(sink)
     seconds = time.perf_counter() - t0
@@ -336,19 +223,15 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     names = [name for name, _ in cfg.parsed_steps()]
     result = build_stats(names, merge_sink_results(sink.results), telemetry, seconds, input_bytes)
     result["inputs"] = files
-    result["resume"] = {"resumed": resumed, "files_done_before": files_before,
-                        "files_curated": len(files) - files_before if head else 0, "steps_reused": ctx.reused}
+    result["resume"] = {"resumed": resumed, "units": len(units), "units_done_before": units_before,
+                        "units_curated": len(units) - units_before if head else 0, "steps_reused": ctx.reused}
     result["config"] = to_dict(cfg)
     fs, root = filesystem(out)
-    dups = pa.concat_tables(ctx.duplicates) if ctx.duplicates else pa.table(
-        {"step": pa.array([], pa.string()), "removed_id": pa.array([], pa.string()),
-         "kept_id": pa.array([], pa.string()), "cluster": pa.array([], pa.int64())})
-    pq.write_table(dups, f"{root}/duplicates.parquet", filesystem=fs)
+    publish_duplicates(ctx.duplicates, out, keep=cfg.keep_work)
     if cfg.report:
         from raylm.curate.report import write_report
 
-        sizes = np.concatenate(ctx.cluster_sizes) if ctx.cluster_sizes else np.empty(0, np.int64)
-        write_report(out, result, sizes)
+        write_report(out, result, ctx.cluster_sizes)
     with fs.open_output_stream(f"{root}/stats.json") as f:  # last: its presence means finished
         f.write(json.dumps(result, indent=2, ensure_ascii=False).encode())
     if not cfg.keep_work:

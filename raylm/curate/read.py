@@ -1,6 +1,7 @@
 """Read JSONL (plain, .gz, .zst), Parquet and text files, local or on any pyarrow filesystem.
 
-One Ray task reads one file and yields batches as it goes, so a large file streams. A
+One Ray task reads one unit (a whole file, a byte range of a plain JSONL file, or a run of a
+Parquet file's row groups: ``raylm.curate.split``) and yields batches as it goes. A
 record that cannot be used is not lost and does not stop the job: it becomes a row whose
 ``_drop_step`` is ``read`` and whose reason says why (``malformed_json``, ``invalid_utf8``,
 ``missing_text``, ``empty``, ``too_large``); its id names the file and line.
@@ -19,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylm.curate import schema as S
-from raylm.storage import InputError
+from raylm.storage import InputError, filesystem
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 TEXT_EXT = (".txt", ".text")
@@ -37,9 +38,38 @@ class ReadConfig:
     """Documents larger than this (UTF-8 bytes) are quarantined as ``too_large``."""
     batch_rows: int = 1000
     """Rows per batch yielded by a read task."""
+    split_bytes: int = 64 << 20
+    """A plain JSONL file larger than this is read by several tasks, in byte ranges of this
+    size aligned to line starts, and a Parquet file by runs of row groups of about this size
+    (``raylm.curate.split``). Compressed files and text files are one task each."""
 
 
-def _kind(path: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class ReadUnit:
+    """One read task's share of one input file."""
+
+    path: str
+    index: int
+    """The file's position in the sorted input list (the high bits of every document key)."""
+    part: int = 0
+    """This unit's position among the file's units."""
+    start: int = 0
+    """JSONL: first byte of the range. Parquet: first row group."""
+    end: int = -1
+    """JSONL: end of the range (exclusive). Parquet: end row group (exclusive). -1: the whole file."""
+    first_record: int = 1
+    """Line (JSONL) or row (Parquet) number of the unit's first record, counted from 1."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}-{self.part:04d}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def kind_of(path: str) -> str:
+    """``jsonl``, ``parquet`` or ``text`` by the file name (a compression suffix is looked through)."""
     name = path.lower()
     for ext in COMPRESSION_EXT:
         if name.endswith(ext):
@@ -63,14 +93,14 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{raw}: no such file or directory")
         if info.type == pafs.FileType.File:
-            if not _kind(path):
+            if not kind_of(path):
                 raise InputError(f"{raw}: unknown file type (expected .jsonl, .parquet or .txt, optionally compressed)")
             files.append(prefix + path)
             continue
         found = [
             prefix + i.path
             for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if i.type == pafs.FileType.File and _kind(i.path) and not os.path.basename(i.path).startswith((".", "_"))
+            if i.type == pafs.FileType.File and kind_of(i.path) and not os.path.basename(i.path).startswith((".", "_"))
         ]
         if not found:
             raise InputError(f"{raw}: no .jsonl, .parquet or .txt files in this directory")
@@ -78,22 +108,44 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def _open(path: str):
-    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    return fs.open_input_stream(p, compression="detect")
+def _open_unit(unit: ReadUnit):
+    """A stream of ``unit``'s file: decompressed whole, or at its range's first byte."""
+    fs, p = filesystem(unit.path)
+    if unit.start == 0 and unit.end < 0:
+        return fs.open_input_stream(p, compression="detect")
+    f = fs.open_input_file(p)
+    f.seek(max(unit.start - 1, 0))
+    return f
 
 
-def _iter_lines(stream, chunk: int = 8 << 20) -> Iterator[bytes]:
+def _lines(stream, start: int = 0, end: int | None = None, chunk: int = 8 << 20) -> Iterator[bytes]:
+    """The lines (without ``\\n``) whose first byte lies in ``[start, end)`` of the file;
+    ``stream`` is positioned at ``max(start - 1, 0)``. From ``start > 0`` the bytes up to the
+    first newline at or after ``start - 1`` belong to the line before, which the previous
+    range owns; the last line is read to its end, past ``end`` if need be."""
+    at = max(start - 1, 0)  # file offset of the first byte of ``rest``
     rest = b""
+    skipping = start > 0
     while True:
         data = stream.read(chunk)
         if not data:
             break
-        data = rest + data
+        data, data_at = rest + data, at
+        if skipping:
+            i = data.find(b"\n")
+            if i < 0:
+                rest, at = b"", data_at + len(data)
+                continue
+            data, data_at, skipping = data[i + 1 :], data_at + i + 1, False
         lines = data.split(b"\n")
         rest = lines.pop()
-        yield from lines
-    if rest:
+        for line in lines:
+            if end is not None and data_at >= end:
+                return
+            yield line
+            data_at += len(line) + 1
+        at = data_at
+    if rest and not skipping and (end is None or at < end):
         yield rest
 
 
@@ -150,10 +202,12 @@ def _check_text(text: Any, cfg: ReadConfig) -> str | None:
     return None
 
 
-def read_jsonl(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table]:
-    batch = _Batch(path, file_index)
-    with _open(path) as stream:
-        for line_no, raw in enumerate(_iter_lines(stream), start=1):
+def read_jsonl(unit: ReadUnit, cfg: ReadConfig) -> Iterator[pa.Table]:
+    path = unit.path
+    batch = _Batch(path, unit.index)
+    with _open_unit(unit) as stream:
+        lines = _lines(stream, unit.start, None if unit.end < 0 else unit.end)
+        for line_no, raw in enumerate(lines, start=unit.first_record):
             if not raw.strip():
                 continue
             where = f"{path}:{line_no}"
@@ -184,12 +238,15 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table
         yield batch.take()
 
 
-def read_parquet(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table]:
-    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    record_no = 0
+def read_parquet(unit: ReadUnit, cfg: ReadConfig) -> Iterator[pa.Table]:
+    path = unit.path
+    fs, p = filesystem(path)
+    record_no = unit.first_record - 1
     with fs.open_input_file(p) as f:
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_rows):
-            batch = _Batch(path, file_index)
+        pf = pq.ParquetFile(f)
+        groups = range(unit.start, pf.metadata.num_row_groups if unit.end < 0 else unit.end)
+        for rb in pf.iter_batches(batch_size=cfg.batch_rows, row_groups=list(groups)):
+            batch = _Batch(path, unit.index)
             for rec in rb.to_pylist():
                 record_no += 1
                 text = rec.pop(cfg.text_field, None)
@@ -203,9 +260,10 @@ def read_parquet(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Tab
             yield batch.take()
 
 
-def read_text(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table]:
-    batch = _Batch(path, file_index)
-    with _open(path) as stream:
+def read_text(unit: ReadUnit, cfg: ReadConfig) -> Iterator[pa.Table]:
+    path = unit.path
+    batch = _Batch(path, unit.index)
+    with _open_unit(unit) as stream:
         raw = stream.read()
     try:
         text = raw.decode("utf-8")
@@ -219,6 +277,11 @@ def read_text(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table]
 READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text}
 
 
+def read_unit(unit: ReadUnit, cfg: ReadConfig) -> Iterator[pa.Table]:
+    """Yield Arrow batches of one read unit, bad records included as quarantined rows."""
+    yield from READERS[kind_of(unit.path)](unit, cfg)
+
+
 def read_file(path: str, file_index: int, cfg: ReadConfig) -> Iterator[pa.Table]:
-    """Yield Arrow batches of one input file, bad records included as quarantined rows."""
-    yield from READERS[_kind(path)](path, file_index, cfg)
+    """Yield Arrow batches of a whole input file."""
+    yield from read_unit(ReadUnit(path, file_index), cfg)

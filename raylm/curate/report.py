@@ -23,7 +23,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plots(stats: dict[str, Any], cluster_sizes: np.ndarray) -> dict[str, bytes]:
+def plots(stats: dict[str, Any], cluster_sizes: dict[int, int]) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,8 +51,9 @@ def plots(stats: dict[str, Any], cluster_sizes: np.ndarray) -> dict[str, bytes]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    if len(cluster_sizes):
-        sizes, counts = np.unique(cluster_sizes, return_counts=True)
+    if cluster_sizes:
+        sizes = np.array(sorted(cluster_sizes))
+        counts = np.array([cluster_sizes[s] for s in sizes])
         ax.bar(sizes.astype(str) if len(sizes) <= 20 else sizes, counts)
     ax.set(title="Duplicate clusters by size", xlabel="documents in cluster", ylabel="clusters")
     out["duplicate_clusters.png"] = _png(fig)
@@ -69,7 +70,7 @@ def plots(stats: dict[str, Any], cluster_sizes: np.ndarray) -> dict[str, bytes]:
     return out
 
 
-def write_report(out: str, stats: dict[str, Any], cluster_sizes: np.ndarray) -> None:
+def write_report(out: str, stats: dict[str, Any], cluster_sizes: dict[int, int]) -> None:
     fs, root = filesystem(out)
     images = plots(stats, cluster_sizes)
     fs.create_dir(f"{root}/plots", recursive=True)

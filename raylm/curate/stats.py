@@ -43,6 +43,15 @@ class Telemetry:
 StatsActor = ray.remote(num_cpus=0)(Telemetry)
 
 
+def stats_actor() -> Any:
+    """A ``StatsActor`` on this (the driver's) node: the run's counters survive the loss of any
+    worker node, as the driver itself must."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return StatsActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+
+
 def merge_sink_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the per-write-task results of the sink."""
     kept = kept_bytes = 0

@@ -2,13 +2,16 @@
 
 Two kinds of work are kept, the expensive ones, each written before it counts as done:
 
-* **per input file**: the documents of one input file after the row steps that come before the
-  first dedup step (normalise, quality, langid, PII: the bulk of the CPU time) are written as
-  ``files/<index>-<part>.parquet``; ``files/<index>.json`` (its part list, rows and the steps'
-  telemetry) is written last, as datatrove marks a finished task. A file without its marker
-  is redone from the start, and its stray parts are deleted.
-* **per dedup step**: the decision (removed keys, duplicate pairs, frequent lines), which is
-  small, as Parquet tables under ``steps/<n>-<name>/`` with ``done.json`` written last.
+* **per read unit** (a file, or one range of a big one: ``raylm.curate.split``): the documents
+  of one unit after the row steps that come before the first dedup step (normalise, quality,
+  langid, PII: the bulk of the CPU time) are written as ``files/<file>-<unit>-<part>.parquet``;
+  ``files/<file>-<unit>.json`` (its part list, rows and the steps' telemetry) is written last,
+  as datatrove marks a finished task. A unit without its marker is redone from the start, and
+  its stray parts are deleted.
+* **per dedup step**: the decision (cluster members and their roots, duplicate rows, frequent
+  lines' holders), written by the workers as Parquet under ``steps/<n>-<name>/``, with
+  ``done.json`` (its index, counters and telemetry) written last by the driver; a step folder
+  without it is deleted and decided again.
 
 ``run.json`` is the run's fingerprint: the config (without ``ray``, which does not change the
 output) and every input's path, size and modification time. A rerun into the same output
@@ -21,9 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from raylm.storage import InputError, filesystem
 
@@ -99,19 +100,20 @@ class WorkDir:
     # --- per input file --------------------------------------------------------------------
 
     @staticmethod
-    def part_name(index: int, part: int) -> str:
-        return f"{index:06d}-{part:04d}.parquet"
+    def part_name(unit: str, part: int) -> str:
+        """File name of part ``part`` of read unit ``unit`` (``ReadUnit.name``)."""
+        return f"{unit}-{part:04d}.parquet"
 
     def part_path(self, name: str) -> str:
         """Path of a part in ``self.fs`` (markers list parts by name, so the folder can move)."""
         return f"{self.root}/files/{name}"
 
-    def mark_file_done(self, index: int, parts: list[str], rows: int, telemetry: dict[str, Any]) -> None:
-        self._write_json(f"{self.root}/files/{index:06d}.json",
-                         {"index": index, "parts": parts, "rows": rows, "telemetry": telemetry})
+    def mark_unit_done(self, unit: str, parts: list[str], rows: int, telemetry: dict[str, Any]) -> None:
+        self._write_json(f"{self.root}/files/{unit}.json",
+                         {"unit": unit, "parts": parts, "rows": rows, "telemetry": telemetry})
 
-    def done_files(self) -> dict[int, dict[str, Any]]:
-        """Markers of the input files whose documents are all written, by file index."""
+    def done_units(self) -> dict[str, dict[str, Any]]:
+        """Markers of the read units whose documents are all written, by unit name."""
         folder = f"{self.root}/files"
         if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
             return {}
@@ -120,11 +122,11 @@ class WorkDir:
             if info.base_name.endswith(".json"):
                 marker = self._read_json(info.path)
                 if marker is not None:
-                    done[marker["index"]] = marker
+                    done[marker["unit"]] = marker
         return done
 
-    def clear_unfinished(self, done: dict[int, dict[str, Any]]) -> int:
-        """Delete the parts no marker lists (a killed file's); returns how many went."""
+    def clear_unfinished(self, done: dict[str, dict[str, Any]]) -> int:
+        """Delete the parts no marker lists (a killed unit's); returns how many went."""
         folder = f"{self.root}/files"
         if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
             return 0
@@ -137,21 +139,22 @@ class WorkDir:
 
     # --- per dedup step --------------------------------------------------------------------
 
-    def _step_dir(self, key: str) -> str:
+    def step_dir(self, key: str) -> str:
+        """Path (in ``self.fs``) of dataset step ``key``'s decision folder."""
         return f"{self.root}/steps/{key}"
 
-    def load_decision(self, key: str) -> tuple[dict[str, pa.Table], dict[str, Any]] | None:
-        """A finished step's tables and telemetry, or None."""
-        folder = self._step_dir(key)
+    def load_decision(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A finished step's decision (what ``save_decision`` was given) and telemetry, or None;
+        an unfinished step's folder is cleared for the new attempt."""
+        folder = self.step_dir(key)
         done = self._read_json(f"{folder}/done.json")
         if done is None:
+            if self.fs.get_file_info(folder).type == pafs.FileType.Directory:
+                self.fs.delete_dir(folder)
             return None
-        tables = {name: pq.read_table(f"{folder}/{name}.parquet", filesystem=self.fs) for name in done["tables"]}
-        return tables, done["telemetry"]
+        return done["decision"], done["telemetry"]
 
-    def save_decision(self, key: str, tables: dict[str, pa.Table], telemetry: dict[str, Any]) -> None:
-        folder = self._step_dir(key)
-        self.fs.create_dir(folder, recursive=True)
-        for name, table in tables.items():
-            pq.write_table(table, f"{folder}/{name}.parquet", filesystem=self.fs)
-        self._write_json(f"{folder}/done.json", {"tables": sorted(tables), "telemetry": telemetry})
+    def save_decision(self, key: str, decision: dict[str, Any], telemetry: dict[str, Any]) -> None:
+        """Mark step ``key`` decided: its files are written, ``decision`` says how to read them."""
+        self.fs.create_dir(self.step_dir(key), recursive=True)
+        self._write_json(f"{self.step_dir(key)}/done.json", {"decision": decision, "telemetry": telemetry})

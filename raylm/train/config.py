@@ -71,10 +71,16 @@ class CheckpointConfig:
     score: str | None = None
     """Keep the best ``keep`` by this reported metric (e.g. ``loss``) instead of the latest."""
     score_order: Literal["min", "max"] = "min"
+    preemption_check_every: int = 10
+    """Ask Ray Train every this many steps whether a node of the run is being drained for
+    preemption (``ray.train.get_preemption_info``: a spot reclaim notice, ``ray drain-node
+    --reason DRAIN_NODE_REASON_PREEMPTION``); when one is, checkpoint at that step, before the
+    node goes. Each ask is a barrier of the workers (about 1-3 ms); 0: never ask."""
 
     def validate(self) -> None:
-        if self.every < 0 or self.keep < 1:
-            raise ConfigError(f"checkpoint.every ({self.every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
+        if self.every < 0 or self.keep < 1 or self.preemption_check_every < 0:
+            raise ConfigError(f"checkpoint.every ({self.every}) and checkpoint.preemption_check_every "
+                              f"({self.preemption_check_every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
 
 
 CheckpointMode = Literal["none", "full", "every_n", "mlp", "attention"]
@@ -220,6 +226,10 @@ class ScaleConfig:
     num_workers: int = 2
     """Ray Train workers (one per GPU on GPU nodes)."""
     use_gpu: bool = False
+    device: Literal["auto", "cpu"] = "auto"
+    """Where the workers compute. "auto": the GPU Ray Train gives each worker with ``use_gpu``
+    (NCCL), else the CPU (gloo). "cpu": the CPU and gloo even on workers that hold a GPU, which
+    is then a scheduling label only (the fake multi-node cluster of ``tests/test_autoscaling.py``)."""
     cpus_per_worker: float = 1.0
     """Logical CPUs each worker holds; fractions leave room for Ray Data on small nodes."""
     resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -264,6 +274,8 @@ class ScaleConfig:
         if self.num_workers < 1 or self.cpus_per_worker <= 0:
             raise ConfigError(f"scale.num_workers ({self.num_workers}) must be >= 1 and "
                               f"scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+        if self.device not in ("auto", "cpu"):
+            raise ConfigError(f"scale.device: {self.device!r} is not one of ['auto', 'cpu']")
         if self.checkpoint_every < 1:
             raise ConfigError(f"scale.checkpoint_every: {self.checkpoint_every} must be >= 1")
         if self.tensor_parallel < 1 or self.num_workers % self.tensor_parallel:
@@ -272,7 +284,7 @@ class ScaleConfig:
         if self.tensor_parallel > 1 and self.strategy != "fsdp2":
             raise ConfigError("scale.tensor_parallel > 1 composes with scale.strategy fsdp2 only "
                               f"(got {self.strategy})")
-        if self.fp8 and not self.use_gpu:
+        if self.fp8 and (not self.use_gpu or self.device == "cpu"):
             raise ConfigError("scale.fp8: fp8 matmuls need CUDA GPUs (scale.use_gpu: true) with torchao")
         if self.strategy == "deepspeed":
             self.deepspeed.validate()

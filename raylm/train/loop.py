@@ -56,6 +56,7 @@ from raylm.train.parallel import (
     run_metadata,
     unwrap,
 )
+from raylm.train.preemption import PreemptionNotice
 from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
 
@@ -124,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_dir: str | None = config.get("run_dir")  # local storage only: metrics.jsonl, tensorboard/
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = ray.train.torch.get_device() if cfg.scale.device == "auto" else torch.device("cpu")
     precision = resolve_precision(cfg.scale.precision, device)
     if precision == "fp16" and cfg.scale.strategy == "fsdp2":
         raise ValueError("scale.precision fp16 needs loss scaling, which raylm supports with ddp only; use bf16")
@@ -179,6 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
     tokens_window, t_window, wait_window = 0, time.perf_counter(), 0.0
     rollbacks = 0
+    notice = PreemptionNotice(cfg.checkpoint.preemption_check_every, rank)
 
     def log(metrics: dict[str, Any]) -> None:  # rank 0: TensorBoard and metrics.jsonl
         if rank == 0:
@@ -278,7 +280,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rollbacks += 1
             tokens_window += cfg.global_batch_size * seq_len
             last = step >= cfg.steps
-            ckpt_now = last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+            ckpt_now = last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or notice.due(step)
             eval_now = evaluator.due(step)
             if step % cfg.log_every == 0 or last or ckpt_now or eval_now:
                 dt = time.perf_counter() - t_window

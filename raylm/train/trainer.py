@@ -42,6 +42,17 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return resources
 
 
+def _data_stats_on_this_node() -> None:
+    """Ray Data keeps one detached ``_StatsActor`` per cluster on the node of the process that
+    first runs a dataset. Left to the loader, that is a Train worker's GPU node, which then never
+    becomes idle and is never scaled down; made here first, it lives on the driver's node."""
+    import ray
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    if ray.is_initialized():
+        get_or_create_stats_actor()
+
+
 def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list | None = None):
     """Train; returns Ray's ``Result`` (``result.checkpoint`` is the latest checkpoint).
     ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a sweep trial."""
@@ -66,10 +77,11 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     if not folder:
         callbacks.append(RunLog(fs, path, cfg.name))
     ckpt = cfg.checkpoint
+    _data_stats_on_this_node()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": to_dict(cfg), "run_dir": folder},
-        torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu and cfg.scale.device == "auto" else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(

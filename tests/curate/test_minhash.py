@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from raylm.curate import dedup
 from raylm.curate import minhash as mh
 
 EN = ("The National Assembly shall deliberate and decide upon the national budget bill. "
@@ -90,26 +89,6 @@ def test_band_similarity_tracks_true_jaccard():
     assert np.all(np.abs(est[high] - truth[high]) < 0.1), (est, truth)
     assert np.all(est[~high] < 0.5), (est, truth)  # ... and dissimilar pairs stay far below
     assert shared[0] > shared[-1]
-
-
-def test_bucket_pairs_all_pairs_and_star():
-    import pyarrow as pa
-    t = pa.table({"shard": pa.array([0] * 7, pa.int32()),
-                  "bucket": pa.array([1, 1, 1, 2, 2, 2, 2], pa.uint64()),
-                  "key": pa.array([30, 10, 20, 5, 6, 7, 8], pa.int64())})
-    p = dedup.bucket_pairs(t, all_pairs_upto=3)
-    pairs = set(zip(p.column("a").to_pylist(), p.column("b").to_pylist()))
-    assert pairs == {(10, 20), (10, 30), (20, 30), (5, 6), (5, 7), (5, 8)}
-
-
-def test_connected_components_keep_smallest_key():
-    nodes, root = dedup.connected_components(np.array([5, 9, 100, 3]), np.array([9, 7, 101, 9]))
-    assert dict(zip(nodes.tolist(), root.tolist())) == {3: 3, 5: 3, 7: 3, 9: 3, 100: 100, 101: 100}
-
-
-def test_count_pairs_is_order_free():
-    lo, hi, n = dedup.count_pairs(np.array([1, 2, 1, 3]), np.array([2, 1, 2, 4]))
-    assert list(zip(lo, hi, n)) == [(1, 2, 3), (3, 4, 1)]
 
 
 @pytest.mark.parametrize("bands,rows", [(32, 4), (16, 8)])

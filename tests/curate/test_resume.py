@@ -8,64 +8,20 @@ uninterrupted run writes.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from raylm.config import from_dict
 from raylm.curate.pipeline import CurateConfig, run
 from raylm.curate.workdir import WORK
 from raylm.storage import InputError
-
-SAMPLE = Path(__file__).parents[2] / "data/sample/corpus.jsonl.gz"
-STEPS = ["normalize", "quality", "langid", "pii", "exact_dedup", {"line_dedup": {"min_docs": 3}},
-         {"minhash_dedup": {"threshold": 0.8}}]
-N_FILES = 16
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    """The sample corpus in 16 JSONL files, with some documents copied into a second file
-    (exact duplicates across files) so the dedup steps have work to resume."""
-    folder = tmp_path_factory.mktemp("inputs")
-    with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    files: list[list[dict]] = [[] for _ in range(N_FILES)]
-    for i, d in enumerate(docs):
-        files[i % N_FILES].append(d)
-        if i % 10 == 0:
-            files[(i + 7) % N_FILES].append({**d, "id": f"{d['id']}-copy"})
-    for i, records in enumerate(files):
-        with open(folder / f"part-{i:02d}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return folder
-
-
-def outputs(out: Path) -> tuple[list, list, dict]:
-    data = sorted((r["id"], r["text"]) for r in pq.read_table(out / "data").select(["id", "text"]).to_pylist())
-    rejected = sorted((r["id"], r["step"], r["reason"])
-                      for r in pq.read_table(out / "rejected").select(["id", "step", "reason"]).to_pylist())
-    stats = json.loads((out / "stats.json").read_text())
-    return data, rejected, stats
-
-
-def counts(stats: dict) -> list:
-    return [(s["step"], s["docs_in"], s["kept"], s["dropped"], s.get("counters")) for s in stats["steps"]]
-
-
-@pytest.fixture(scope="module")
-def reference(ray_session, inputs, tmp_path_factory) -> tuple[list, list, dict]:
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run(from_dict(CurateConfig, {"steps": STEPS}), [str(inputs)], str(out), quiet=True)
-    return outputs(out)
+from tests.curate.runs import N_FILES, STEPS, counts, outputs
 
 
 def test_killed_run_resumes_with_only_the_unfinished_files(ray_session, inputs, reference, tmp_path):
@@ -86,8 +42,8 @@ def test_killed_run_resumes_with_only_the_unfinished_files(ray_session, inputs, 
 
     cfg = from_dict(CurateConfig, {"steps": STEPS, "keep_work": True})
     stats = run(cfg, [str(inputs)], str(out), quiet=True)
-    assert stats["resume"] == {"resumed": True, "files_done_before": len(done_before),
-                               "files_curated": N_FILES - len(done_before), "steps_reused": []}
+    assert stats["resume"] == {"resumed": True, "units": N_FILES, "units_done_before": len(done_before),
+                               "units_curated": N_FILES - len(done_before), "steps_reused": []}
     # the finished files were not redone: their markers are the ones the killed run wrote
     assert {p: (markers / p).stat().st_mtime_ns for p in done_before} == done_before
     assert len(list(markers.glob("*.json"))) == N_FILES
@@ -105,7 +61,7 @@ def test_rerun_after_the_dedup_decisions_reuses_them(ray_session, inputs, refere
     run(cfg, [str(inputs)], str(out), quiet=True)
     (out / "stats.json").unlink()  # what a kill before the last write leaves
     stats = run(cfg, [str(inputs)], str(out), quiet=True)
-    assert stats["resume"] == {"resumed": True, "files_done_before": N_FILES, "files_curated": 0,
+    assert stats["resume"] == {"resumed": True, "units": N_FILES, "units_done_before": N_FILES, "units_curated": 0,
                                "steps_reused": ["04-exact_dedup", "05-line_dedup", "06-minhash_dedup"]}
     data, rejected, resumed = outputs(out)
     assert (data, rejected) == reference[:2] and counts(resumed) == counts(reference[2])
@@ -124,6 +80,6 @@ def test_rerun_with_another_config_is_refused_and_a_finished_run_cleans_up(ray_s
         run(other, one_file, str(out), quiet=True)
     assert (out / WORK).is_dir()  # nothing was deleted by the refused run
     stats = run(other, one_file, str(out), overwrite=True, quiet=True)
-    assert stats["resume"]["resumed"] is False and stats["resume"]["files_curated"] == 1
+    assert stats["resume"]["resumed"] is False and stats["resume"]["units_curated"] == 1
     run(from_dict(CurateConfig, {"steps": ["normalize"]}), one_file, str(out), overwrite=True, quiet=True)
     assert not (out / WORK).exists()  # keep_work false: the work folder goes once the run is done

@@ -29,13 +29,26 @@ def text_hash(text: str, cfg: ExactDedupConfig) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+def bucket_roots(table: pa.Table) -> pa.Table:
+    """map_groups over one hash partition: ``(key, root)`` for every document whose hash another
+    document shares, ``root`` the smallest key with that hash."""
+    bucket, key = table.column("bucket").to_numpy(), table.column("key").to_numpy()
+    order = np.lexsort((key, bucket))
+    bucket, key = bucket[order], key[order]
+    new = np.concatenate(([True], bucket[1:] != bucket[:-1])) if len(bucket) else np.zeros(0, bool)
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    sizes = np.diff(np.append(starts, len(key)))
+    sel = sizes[group] >= 2
+    return pa.table({"key": pa.array(key[sel], pa.int64()), "root": pa.array(key[starts][group][sel], pa.int64())})
+
+
 class ExactDedup(DatasetStep):
     name = "exact_dedup"
     Config = ExactDedupConfig
 
     def run(self, ds: Any, ctx: Any) -> Any:
         cfg = self.cfg
-
         num_shards = ctx.num_shards  # captured alone: the closure travels to every task
 
         def buckets(batch: pa.Table) -> pa.Table:
@@ -43,5 +56,7 @@ class ExactDedup(DatasetStep):
             h = np.fromiter((text_hash(t, cfg) for t in texts), dtype=np.uint64, count=len(texts))
             return dedup.bucket_rows(h, keys, num_shards)
 
-        return dedup.dedup(ds, step=self.name, reason="exact_duplicate", ctx=ctx, buckets_fn=buckets,
-                           all_pairs_upto=0)
+        def find_members(docs: Any) -> tuple[Any, dict[str, int]]:
+            return dedup.by_shard(dedup.emit_buckets(docs, ctx, self.name, buckets), bucket_roots, ctx), {}
+
+        return dedup.cluster_dedup(ds, ctx, step=self.name, reason="exact_duplicate", find_members=find_members)

@@ -22,6 +22,8 @@ import pyarrow as pa
 from raylm.config import ConfigError
 from raylm.curate import dedup
 from raylm.curate import minhash as mh
+from raylm.curate.dedup.components import connected_components
+from raylm.curate.dedup.pairs import candidate_pairs, verify_pairs
 from raylm.curate.steps.base import DatasetStep, StepConfig
 
 _CHUNK_CHARS = 1_000_000  # texts hashed per vectorised pass: arrays stay cache-sized (fastest measured)
@@ -50,6 +52,9 @@ class MinHashConfig(StepConfig):
     """Seed of datasketch's permutations."""
     all_pairs_upto: int = 16
     """Buckets up to this size emit all their pairs; larger ones a star on the first document."""
+    max_rounds: int = 64
+    """Most rounds of large-star / small-star for the connected components (a handful is
+    typical; a run that needs more stops with an error rather than keep a wrong cluster)."""
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -61,6 +66,8 @@ class MinHashConfig(StepConfig):
             raise ConfigError(f"bands * rows = {bands} * {rows} must be <= num_perm = {self.num_perm}")
         if not 0.0 < self.recall_at_threshold < 1.0:
             raise ConfigError(f"recall_at_threshold must be in (0, 1), got {self.recall_at_threshold}")
+        if self.max_rounds < 1:
+            raise ConfigError(f"max_rounds must be >= 1, got {self.max_rounds}")
 
     def lsh(self) -> tuple[int, int]:
         rows = self.rows or mh.lsh_params(self.num_perm)[1]
@@ -102,16 +109,25 @@ class MinHashDedup(DatasetStep):
     Config = MinHashConfig
 
     def run(self, ds: Any, ctx: Any) -> Any:
+        from ray.data.expressions import col
+
         cfg: MinHashConfig = self.cfg
-        need = cfg.min_shared_bands()
-
-        def accept(counts: np.ndarray) -> np.ndarray:
-            return counts >= need
-
         num_shards = ctx.num_shards  # captured alone: the closure travels to every task
 
         def buckets(batch: pa.Table) -> pa.Table:
             return band_table(batch, cfg, num_shards)
 
-        return dedup.dedup(ds, step=self.name, reason="near_duplicate", ctx=ctx, buckets_fn=buckets,
-                           accept=accept, all_pairs_upto=cfg.all_pairs_upto)
+        def find_members(docs: Any) -> tuple[Any, dict[str, int]]:
+            rows = dedup.emit_buckets(docs, ctx, self.name, buckets)
+            pairs = dedup.by_shard(rows, candidate_pairs, ctx, all_pairs_upto=cfg.all_pairs_upto, num_shards=num_shards)
+            verified = dedup.by_shard(pairs, verify_pairs, ctx, min_count=cfg.min_shared_bands()).materialize()
+            edges = verified.filter(expr=col("ok")).select_columns(["a", "b"]).materialize()
+            counters = {"candidate_pairs": verified.count(), "duplicate_pairs": edges.count()}
+            cc = connected_components(edges, ctx, max_rounds=cfg.max_rounds)
+            counters.update(cc_rounds=cc.rounds, cc_converged=int(cc.converged))
+            if not cc.converged:
+                raise RuntimeError(f"{self.name}: connected components did not converge in {cc.rounds} rounds "
+                                   f"(edges changed per round: {cc.changed_per_round}); raise max_rounds")
+            return cc.roots, counters
+
+        return dedup.cluster_dedup(ds, ctx, step=self.name, reason="near_duplicate", find_members=find_members)
