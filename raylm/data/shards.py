@@ -17,11 +17,14 @@
 * With ``middle_column`` (held-out shards with FIM): ``fim_middle`` list<int8> of ``seq_len``,
   1 at the tokens of FIM middles; the manifest says ``"fim_middle": true``.
 
-Nothing is collected on one node: documents are grouped by unit with a Ray Data shuffle
-(``groupby(unit).map_groups``), each group (one file's worth) is packed in one task, and the
-sequences stream to a ``Datasink`` whose write tasks write the shards. Only counts come back
-to the driver, which renames the shards in ``seq_id`` order and writes the manifest. Each
-unit drops (or pads) its own last incomplete sequence: about ``seq_len / 2`` tokens per unit,
+Nothing is collected on one node. ``raylm prepare`` has each unit's documents in one task
+already (a file never leaves its task): it packs them with ``pack_unit`` and writes them with
+``write_packed`` (files named by the unit). ``write_token_shards``, for documents that arrive
+in any order (a ``ray.data.Dataset`` or a list of tables), groups them by unit with a Ray Data
+shuffle (``groupby(unit).map_groups(pack_unit)``) and streams the sequences to a ``Datasink``
+whose write tasks write the shards. Either way only counts come back to the driver, which
+renames the shards in ``seq_id`` order and writes the manifest (``finish_shards``). Each unit
+drops (or pads) its own last incomplete sequence: about ``seq_len / 2`` tokens per unit,
 recorded in the manifest's ``waste_fraction``.
 
 ``open_token_dataset`` reads the shards back as a ``ray.data.Dataset`` sorted by ``seq_id``.
