@@ -38,18 +38,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG = "steps:\n  - minhash_dedup: {threshold: 0.8}\n"
-# VmHWM is this process's own peak RSS; getrusage's ru_maxrss would also count the benchmark
-# process's size at the fork that started this one (Linux keeps it across exec)
+# VmHWM is this process's own peak RSS (getrusage's ru_maxrss would also count the benchmark
+# process's size at the fork that started this one: Linux keeps it across exec); the parts
+# (anonymous memory, mapped files, shared memory such as Ray's object store) are sampled peaks
 DRIVER = """
-import json, sys, time
+import json, sys, threading, time
+def status():
+    return {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
+            if k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")}
+peak = {}
+def sample():
+    while True:
+        for k, v in status().items():
+            peak[k] = max(peak.get(k, 0.0), v)
+        time.sleep(0.2)
+threading.Thread(target=sample, daemon=True).start()
 t0 = time.perf_counter()
 from raylm.cli import main
 rc = main(sys.argv[1:])
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"process_s": time.perf_counter() - t0, "driver_peak_rss_mb": hwm / 1024}))
+end = status()
+print(json.dumps({"process_s": time.perf_counter() - t0, "driver_peak_rss_mb": end["VmHWM"],
+                  "driver_peak_rss_parts_mb": {k: round(peak.get(k, 0.0), 1) for k in ("RssAnon", "RssFile", "RssShmem")}}))
 sys.exit(rc or 0)
 """
-
 
 def vocabulary() -> list[str]:
     from pydoc_data.topics import topics
@@ -106,7 +117,7 @@ def run_curate(corpus: Path, out: Path, num_cpus: int) -> dict:
     step = next(s for s in stats["steps"] if s["step"] == "minhash_dedup")
     return {**measured, "wall_s": time.perf_counter() - t0, "curate_s": stats["seconds"],
             "documents_in": stats["documents_in"], "kept": stats["kept"],
-            "removed": stats["documents_in"] - stats["kept"], "counters": step.get("counters", {})}
+            "removed": step.get("counters", {}).get("removed"), "counters": step.get("counters", {})}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -132,6 +143,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="30000,300000,3000000")
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--work", default=None, help="folder for corpora and outputs (default: a temp dir)")
+    ap.add_argument("--prepare-only", action="store_true", help="write the corpora into --work and stop")
     ap.add_argument("--out", default=str(HERE / "results" / "curate_scale.json"))
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="curate-scale-"))
@@ -140,10 +152,17 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             corpus = work / f"corpus-{n}"
             t0 = time.perf_counter()
-            planted = write_in_child(corpus, n)
-            size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
-            print(f"{n:>9,} documents ({size_mb:.0f} MB, {planted:,} planted) written in {time.perf_counter() - t0:.0f}s",
+            kept = work / f"corpus-{n}.planted"  # beside the corpus: a .json inside would be read as input
+            if kept.exists():  # written by an earlier run with --work (same seed)
+                planted = json.loads(kept.read_text())
+            else:
+                planted = write_in_child(corpus, n)
+                kept.write_text(json.dumps(planted))
+            size_mb = sum(p.stat().st_size for p in corpus.glob("*.jsonl")) / 1e6
+            print(f"{n:>9,} documents ({size_mb:.0f} MB, {planted:,} planted) ready in {time.perf_counter() - t0:.0f}s",
                   flush=True)
+            if args.prepare_only:
+                continue
             r = run_curate(corpus, work / f"out-{n}", args.num_cpus)
             row = {"documents": n, "input_mb": round(size_mb, 1), "planted": planted, **r,
                    "docs_per_s": n / r["curate_s"], "docs_per_s_process": n / r["process_s"]}
@@ -152,10 +171,13 @@ def main() -> None:
                   f"{r['process_s']:.1f}s, {row['docs_per_s']:,.0f} docs/s, driver peak RSS "
                   f"{r['driver_peak_rss_mb']:.0f} MB, rounds {r['counters'].get('cc_rounds')}", flush=True)
             shutil.rmtree(work / f"out-{n}", ignore_errors=True)
-            shutil.rmtree(corpus, ignore_errors=True)
+            if not args.work:
+                shutil.rmtree(corpus, ignore_errors=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    if args.prepare_only:
+        return
     by = {r["documents"]: r for r in rows}
     sizes = sorted(by)
     result = {

@@ -22,7 +22,7 @@ from ray.data import Datasink
 
 from raylm.curate import schema as S
 from raylm.curate.dedup.keyed import KeyedTable
-from raylm.curate.dedup.partition import by_shard, shard_of
+from raylm.curate.dedup.partition import WHOLE_BLOCKS, by_shard, shard_of
 from raylm.storage import filesystem
 
 DUPLICATE_SCHEMA = pa.schema([("step", pa.string()), ("removed_id", pa.string()), ("kept_id", pa.string()),
@@ -100,7 +100,7 @@ def write_duplicates(ds: Any, members: KeyedTable, ctx: Any, step: str, folder: 
     sink = DuplicatesSink(folder)
     if members.rows == 0:
         return sink
-    found = ds.map_batches(member_ids, batch_format="pyarrow", batch_size=ctx.batch_size,
+    found = ds.map_batches(member_ids, batch_format="pyarrow", batch_size=WHOLE_BLOCKS,
                            fn_kwargs={"table": members, "num_shards": ctx.num_shards}, **ctx.remote_args)
     by_shard(found, cluster_rows, ctx, step=step).write_datasink(sink)
     return sink

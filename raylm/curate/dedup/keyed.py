@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
+from raylm.curate.dedup.partition import coalesced
 from raylm.storage import filesystem
 
 ROW_GROUP_ROWS = 8192
@@ -140,7 +141,7 @@ class KeyedSink(Datasink):
 def write_keyed(ds: Any, folder: str, unique: bool = False, sum_columns: tuple[str, ...] = ()) -> KeyedTable:
     """Sort ``ds`` by ``key`` on the cluster and write it as a KeyedTable under ``folder``."""
     sink = KeyedSink(folder, unique, sum_columns)
-    ds.sort("key").write_datasink(sink)
+    coalesced(ds).sort("key").write_datasink(sink)
     if sink.table is None:  # nothing was written (an empty dataset)
         sink.table = KeyedTable(folder, [], *(np.empty(0, np.int64) for _ in range(4)))
     return sink.table
