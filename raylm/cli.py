@@ -108,8 +108,9 @@ def _train(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from raylm.checkpoint import CheckpointError
     from raylm.data.tokenizer import special_ids
-    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.infer.checkpoint import load_model
     from raylm.infer.generate import SamplingConfig
     from raylm.infer.text import complete, infill, resolve_tokenizer
 

@@ -204,8 +204,9 @@ def evaluate_checkpoint(checkpoint: str, folders: Sequence[str], *, max_sequence
     ``InputError`` names a bad checkpoint, folder or set name."""
     from pathlib import Path
 
+    from raylm.checkpoint import CheckpointError
     from raylm.data.read import InputError
-    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.infer.checkpoint import load_model
     from raylm.train.objective import batch_transform
 
     try:

@@ -1,20 +1,13 @@
-"""Training checkpoints: everything an exact resume needs, in one Ray Train checkpoint folder.
+"""A run's checkpoints on the ranks: everything an exact resume needs, in one Ray Train checkpoint.
 
-* ``model.pt`` and ``optim.pt``: full (unsharded) state dicts gathered to rank 0 through
-  ``torch.distributed.checkpoint.state_dict`` (the same call serves DDP, FSDP2 and one
-  process) and written by rank 0; on restore every rank reads them and
-  ``set_*_state_dict`` shards them again as the model is parallelised now.
-* ``state.json`` (rank 0): step, data position, spike-guard state.
-* ``config.json`` (rank 0): the run's whole ``TrainConfig`` as a dict, so a checkpoint folder
-  alone rebuilds its model (``raylm.infer.checkpoint.load_model``) for eval and generation.
-* ``rng-rank{r}.pt`` (every rank): the torch, numpy and Python RNG states of that rank.
-* Under DeepSpeed, ``zero/`` instead of ``model.pt`` and ``optim.pt``: the engine's own
-  checkpoint (``save_checkpoint``), each rank writing its ZeRO partition of the optimizer
-  state (and of the parameters under stage 3); restored with ``load_checkpoint`` at the
-  same world size.
+The folder's layout is ``raylm.checkpoint``'s. Here every rank writes its part into its own
+temporary folder: the strategy writes the model and optimizer state (``Strategy.save``), rank 0
+``state.json`` (step, data position, spike guard, world size) and ``config.json``, every rank
+its RNG states; each rank passes its folder to ``ray.train.report(checkpoint=...)`` and Ray
+Train gathers the ranks' files into one checkpoint in the run's storage.
 
-Every rank writes its files into its own temporary folder and passes it to
-``ray.train.report(checkpoint=...)``; Ray Train gathers the ranks' files into one checkpoint.
+This rank's latest folder stays on local disk (``LocalCheckpoints``) for the spike guard's
+rollback.
 """
 
 from __future__ import annotations
@@ -22,24 +15,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-MODEL, OPTIM, STATE, CONFIG = "model.pt", "optim.pt", "state.json", "config.json"
-DS_TAG = "zero"
-
-
-def _is_deepspeed(model: nn.Module) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine"
-
-
-def _options(**kw: Any):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
+from raylm.checkpoint import CONFIG, STATE, read_state, rng_file
+from raylm.train.strategy import Strategy
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,58 +42,54 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def load_rng(folder: str | os.PathLike, rank: int) -> bool:
+    """Set this rank's RNG states from checkpoint ``folder``; False when it has none for ``rank``."""
+    path = Path(folder) / rng_file(rank)
+    if not path.exists():
+        return False
+    set_rng_state(torch.load(path, weights_only=False))
+    return True
+
+
 def _write_json(folder: str, name: str, data: dict[str, Any]) -> None:
     with open(os.path.join(folder, name), "w") as f:
         json.dump(data, f, indent=2)
 
 
-def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], rank: int,
+def save(folder: str, strategy: Strategy, state: dict[str, Any], rank: int,
          config: dict[str, Any] | None = None) -> None:
-    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it);
-    ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
+    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls
+    it); ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``."""
     os.makedirs(folder, exist_ok=True)
-    if _is_deepspeed(model):
-        model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
-    else:
-        model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
-        optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-        if rank == 0:
-            torch.save(model_sd, os.path.join(folder, MODEL))
-            torch.save(optim_sd, os.path.join(folder, OPTIM))
+    strategy.save(folder, rank)
     if rank == 0:
         _write_json(folder, STATE, state)
         if config is not None:
             _write_json(folder, CONFIG, config)
-    torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
+    torch.save(rng_state(), os.path.join(folder, rng_file(rank)))
 
 
-def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-         from_rank0: bool = False) -> dict[str, Any]:
+def load(folder: str, strategy: Strategy, rank: int, from_rank0: bool = False) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``.
 
     ``from_rank0``: only rank 0 has the files (a rank's local copy of its own checkpoint, for a
     rollback); rank 0 reads them and broadcasts, the other ranks get ``{}`` back."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    strategy.load(folder, rank, from_rank0=from_rank0)
+    load_rng(folder, rank)  # absent when the world size changed: keep this run's seeding
+    return read_state(folder) if rank == 0 or not from_rank0 else {}
 
-    if _is_deepspeed(model):
-        if from_rank0:
-            raise ValueError("a DeepSpeed engine restores from a full checkpoint folder, not rank 0's copy")
-        model.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
-        set_rng_state(torch.load(os.path.join(folder, f"rng-rank{rank}.pt"), weights_only=False))
-        with open(os.path.join(folder, STATE)) as f:
-            return json.load(f)
-    has_files = rank == 0 or not from_rank0
-    model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True) if has_files else {}
-    optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True) if has_files else {}
-    options = _options(broadcast_from_rank0=True) if from_rank0 else _options()
-    set_model_state_dict(model, model_sd, options=options)
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
-    rng = os.path.join(folder, f"rng-rank{rank}.pt")
-    if os.path.exists(rng):  # absent when the world size changed: keep this run's seeding
-        set_rng_state(torch.load(rng, weights_only=False))
-    if not has_files:
-        return {}
-    with open(os.path.join(folder, STATE)) as f:
-        return json.load(f)
+
+class LocalCheckpoints:
+    """This rank's latest checkpoint folder stays on local disk (for rollbacks); older go."""
+
+    def __init__(self, name: str, rank: int) -> None:
+        self.root = os.path.join(tempfile.gettempdir(), "raylm-ckpt", f"{name}-{os.getpid()}", f"rank{rank}")
+        self.latest: str | None = None
+
+    def new(self, step: int) -> str:
+        return os.path.join(self.root, f"step-{step:08d}")
+
+    def keep(self, folder: str) -> None:
+        if self.latest and self.latest != folder:
+            shutil.rmtree(self.latest, ignore_errors=True)
+        self.latest = folder

@@ -194,7 +194,7 @@ class ContinualConfig:
 @dataclasses.dataclass(kw_only=True)
 class DeepSpeedConfig:
     """DeepSpeed ZeRO (Rajbhandari et al. 2020) options; raylm writes DeepSpeed's JSON from them
-    (``raylm.train.deepspeed.ds_config``), so users never write it."""
+    (``raylm.train.strategy.deepspeed.ds_config``), so users never write it."""
 
     stage: int = 2
     """ZeRO stage: 1 shards the optimizer state, 2 also the gradients, 3 also the parameters."""

@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from raylm import storage
+from raylm.checkpoint import DS_TAG, STATE, CheckpointError, find_checkpoint, read_config
 from raylm.config import ConfigError, to_dict
 from raylm.data.mixing import MixConfig
 from raylm.data.read import InputError
 from raylm.model import ModelConfig
-from raylm.train.checkpoint import DS_TAG, OPTIM, STATE, set_rng_state
 from raylm.train.config import TrainConfig, train_config
 
 # Model fields a continual run may change: kernels, training-only terms, the init (overwritten)
@@ -177,7 +177,6 @@ def _check_tokenizer(folders: Sequence[str]) -> None:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """The run ``cfg.continual`` describes, as a plain config (see the module docstring);
     ``cfg`` itself when it has no ``init_from``."""
-    from raylm.infer.checkpoint import CheckpointError, find_checkpoint, read_config
     from raylm.train.evaluate import eval_sets, val_split
 
     c = cfg.continual
@@ -188,7 +187,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         folder = Path(storage.local_copy(where, cfg.storage_endpoint))  # here: a local folder
         if not storage.is_remote(where):
             where = os.path.abspath(where)
-        old = read_config(folder)
+        old = train_config(*read_config(folder))
     except CheckpointError as exc:
         raise ConfigError(f"continual.init_from: {exc}") from None
     state = json.loads((folder / STATE).read_text())
@@ -232,32 +231,23 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
     """Set the weights of the resolved ``cfg.continual.init_from`` into ``model`` (and the
     optimizer state with ``init_optimizer``; in a WSD branch also this rank's RNG); returns
     where the run begins. Every rank calls it (a collective under FSDP2)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     from raylm.data.loader import position_from_dict
-    from raylm.infer.checkpoint import model_state_dict, read_config
+    from raylm.train.checkpoint import load_rng
+    from raylm.train.strategy.state import load_model_state, load_optimizer_state
 
     c = cfg.continual
     folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per machine
-    full = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state_dict(folder), options=full)
+    load_model_state(model, folder)
     if c.init_optimizer:
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        sd = torch.load(folder / OPTIM, map_location="cpu", weights_only=True)
-        set_optimizer_state_dict(model, optimizer, sd, options=full)
+        load_optimizer_state(model, optimizer, folder)
         for group, h in zip(optimizer.param_groups, hyper):  # the moments are the old run's, the settings ours
             group.update(h)
     if not c.decay_steps:
         return Start(step=0)
     state = json.loads((folder / STATE).read_text())
-    rng = folder / f"rng-rank{rank}.pt"
-    if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
-    position = position_from_dict(state["data"]) if same_data(cfg, read_config(folder)) else None
+    load_rng(folder, rank)
+    position = position_from_dict(state["data"]) if same_data(cfg, train_config(*read_config(folder))) else None
     return Start(step=int(state["step"]), position=position, spike_guard=state["spike_guard"])
 
 

@@ -20,6 +20,7 @@ report (e.g. generation samples; under FSDP2 every rank must call the model alik
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,10 +32,10 @@ from torch import nn
 from raylm.config import ConfigError
 from raylm.data.read import InputError
 from raylm.infer.evaluate import EvalSet, group_names, load_set, loss_sums, metrics, source_name
-from raylm.train import checkpoint
+from raylm.train.checkpoint import rng_state, set_rng_state
 from raylm.train.config import TrainConfig
 from raylm.train.objective import batch_transform, training_folders
-from raylm.train.parallel import autocast, unwrap
+from raylm.train.parallel import unwrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,8 @@ def check_sets(cfg: TrainConfig) -> None:
 class Evaluator:
     """The loop's evaluation: ``due(step)``, then ``evaluator(model, step)`` on every rank."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, device: torch.device, precision: str,
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, device: torch.device, *,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  hooks: Sequence[EvalHook] = ()) -> None:
         self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
         self.hooks = list(hooks)
@@ -106,7 +108,7 @@ class Evaluator:
             self.sets = [load_set(name, folder, cfg.eval.max_sequences) for name, folder in eval_sets(cfg).items()]
         self.transform = batch_transform(cfg)
         self.batch_size = cfg.eval.batch_size or cfg.micro_batch_size
-        self._autocast = lambda: autocast(cfg.scale.strategy, precision, device)
+        self._autocast = autocast  # the strategy's mixed precision (``Strategy.autocast``)
 
     @property
     def active(self) -> bool:
@@ -123,7 +125,7 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
         inner = unwrap(model)
-        rng = checkpoint.rng_state()
+        rng = rng_state()
         was_training = inner.training
         inner.eval()
         try:
@@ -138,5 +140,5 @@ class Evaluator:
                 out.update(hook(inner, ctx) or {})
         finally:
             inner.train(was_training)
-            checkpoint.set_rng_state(rng)
+            set_rng_state(rng)
         return out

@@ -5,7 +5,7 @@ there. ``RunConfig(name, storage_path)`` is where checkpoints go; a rerun with t
 resumes from the latest one, and with ``max_failures`` a run whose worker dies (a preempted
 spot node) restarts its workers from the latest checkpoint by itself. With local storage,
 rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an object store
-(``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.storage.RunLog`` writes them
+(``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.train.runlog.RunLog`` writes them
 there from the driver. Before any worker starts, the data are checked against the objective
 (``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders; a
 continual run (``continual.init_from``) is resolved against its checkpoint
@@ -63,7 +63,9 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
     callbacks = list(callbacks or [])
     if not folder:
-        callbacks.append(storage.RunLog(fs, path, cfg.name))
+        from raylm.train.runlog import RunLog
+
+        callbacks.append(RunLog(fs, path, cfg.name))
     ckpt = cfg.checkpoint
     trainer = TorchTrainer(
         train_loop_per_worker,

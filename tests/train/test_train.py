@@ -52,8 +52,9 @@ def test_a_checkpoint_alone_rebuilds_the_trained_model(reference_runs, shards):
     the first training batch is the trained one, far below the untrained model's."""
     import torch
 
+    from raylm.checkpoint import CheckpointError, resolve_checkpoint
     from raylm.data.loader import TrainBatches
-    from raylm.infer.checkpoint import CheckpointError, load_model, resolve_checkpoint
+    from raylm.infer.checkpoint import load_model
     from raylm.model import Transformer
 
     d, result = reference_runs["fsdp"]

@@ -1,0 +1,60 @@
+"""The driver's log of a run whose storage is an object store: ``metrics.jsonl`` and TensorBoard.
+
+With local storage rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` straight into the run
+folder (``raylm.train.metrics.MetricsLog``). With ``s3://...`` storage ``RunLog``, a Ray Train
+callback on the driver side, keeps them: it writes locally, then copies both into
+``<storage>/<name>/`` after every report, so ``tensorboard --logdir s3://...`` follows a run
+from anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import pyarrow.fs as pafs
+from ray.train import UserCallback
+
+
+class RunLog(UserCallback):
+    """``metrics.jsonl`` and TensorBoard scalars (and samples) of rank 0's reports, copied to
+    ``<storage>/<name>/``."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, name: str) -> None:
+        self.fs, self.run, self.name = fs, f"{root}/{name}", name
+        self.local: str | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+
+    def _start(self) -> None:
+        from raylm.train.metrics import TensorBoard
+
+        self.local = tempfile.mkdtemp(prefix=f"raylm-runlog-{self.name}-")
+        try:  # a run started again under the same name continues its log
+            with self.fs.open_input_stream(f"{self.run}/metrics.jsonl") as f:
+                self.rows = [json.loads(line) for line in f.read().decode().splitlines() if line]
+        except (FileNotFoundError, OSError):
+            self.rows = []
+        self.writer = TensorBoard(os.path.join(self.local, "tensorboard"))
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if not metrics or "step" not in metrics[0]:
+            return
+        if self.writer is None:
+            self._start()
+        row = metrics[0]
+        self.rows.append(row)
+        self.writer.log(row["step"], {k: v for k, v in row.items() if k != "step"})
+        self.upload()
+
+    def upload(self) -> None:
+        fs, run = self.fs, self.run
+        fs.create_dir(f"{run}/tensorboard", recursive=True)
+        with fs.open_output_stream(f"{run}/metrics.jsonl") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        tb = os.path.join(self.local, "tensorboard")
+        for name in os.listdir(tb):
+            pafs.copy_files(os.path.join(tb, name), f"{run}/tensorboard/{name}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
