@@ -107,11 +107,12 @@ def load_set(name: str, path: str, max_sequences: int = 0) -> EvalSet:
                    middle=np.asarray([r["fim_middle"] for r in ordered], bool).reshape(k, seq_len) if has_middle else None)
 
 
-def source_name(folder: str) -> str:
-    """A token-shard folder's name as a set: its manifest's one source, else the folder's name."""
+def source_name(folder: str, manifest: dict[str, Any] | None = None) -> str:
+    """A token-shard folder's name as a set: its manifest's one source (``manifest`` when it was
+    read already), else the folder's name."""
     from raylm.data.shards import read_manifest
 
-    sources = list(read_manifest(folder).get("sources", {}))
+    sources = list((manifest if manifest is not None else read_manifest(folder)).get("sources", {}))
     return sources[0] if len(sources) == 1 else folder.rstrip("/").rsplit("/", 1)[-1]
 
 

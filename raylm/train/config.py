@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from raylm.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from raylm.config import ConfigError, from_dict, load_data, to_dict
 from raylm.data.mixing import LengthSchedule, MixConfig
 from raylm.data.transforms import MaskingConfig, MLMConfig
-from raylm.model import FLAVORS, ModelConfig
+from raylm.model import ModelConfig
+from raylm.model.config import expand_flavor
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
 
@@ -387,32 +388,14 @@ class TrainConfig:
         return self.micro_batch_size * self.grad_accum * self.scale.data_parallel
 
 
-def _expand_flavor(data: dict[str, Any], origin: str) -> dict[str, Any]:
-    model = data.get("model")
-    if not isinstance(model, dict) or "flavor" not in model:
-        return data
-    model = dict(model)
-    flavor = model.pop("flavor")
-    if flavor not in FLAVORS:
-        raise ConfigError(f"{origin}: model.flavor: {flavor!r} is not one of {sorted(FLAVORS)}")
-    base = FLAVORS[flavor]
-    base = to_dict(base) if dataclasses.is_dataclass(base) else dict(base)
-    return {**data, "model": merge(base, model)}
-
-
 def train_config(data: dict[str, Any], origin: str = "config") -> TrainConfig:
     """A validated TrainConfig from a nested dict (flavors expanded); errors name ``origin``."""
     try:
-        return from_dict(TrainConfig, _expand_flavor(data, origin))
+        return from_dict(TrainConfig, expand_flavor(data, origin))
     except ConfigError as exc:
         raise ConfigError(exc.args[0] if str(exc).startswith(origin) else f"{origin}: {exc}") from None
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (optional) + ``--set`` overrides -> validated TrainConfig."""
-    data = load_yaml(path) if path else {}
-    origin = str(path) if path else "--set"
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-        origin = f"{path} (with --set)" if path else "--set"
-    return train_config(data, origin)
+    return train_config(*load_data(path, overrides))

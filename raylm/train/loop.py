@@ -30,16 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylm.config import to_dict
 from raylm.data.loader import TrainBatches, position_from_dict, split_rows
 from raylm.data.mixed_loader import MixedBatches
 from raylm.data.mixing import LengthSchedule
 from raylm.train import checkpoint, continual
-from raylm.train.config import TrainConfig, train_config
+from raylm.train.config import TrainConfig
 from raylm.train.evaluate import Evaluator
 from raylm.train.metrics import MetricsLog, mfu, peak_memory_gb, peak_tflops
 from raylm.train.module import StepResult, TrainModule, build_model
 from raylm.train.objective import batch_transform
 from raylm.train.parallel import resolve_precision
+from raylm.train.run import ResolvedRun
 from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
 from raylm.train.strategy import build_strategy
@@ -71,7 +73,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     DataContext.get_current().enable_progress_bars = False  # one bar per shuffle window is noise
     DataContext.get_current().print_on_execution_start = False
-    cfg = train_config(config["train"], "train_loop_config")
+    run = ResolvedRun.from_dict(config["run"])  # resolved once on the driver (raylm.train.resolve)
+    cfg = run.cfg
     run_dir: str | None = config.get("run_dir")  # local storage only: metrics.jsonl, tensorboard/
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -89,10 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if run_dir and rank == 0:
         with open(os.path.join(run_dir, "meta.json"), "w") as f:
             json.dump(strategy.metadata(world), f, indent=2)
-    schedule = cfg.optim.schedule
-    if schedule.total_steps is None:
-        schedule.total_steps = cfg.steps
-    loop = Loop(cfg, module, rank, world, run_dir, config["train"])
+    loop = Loop(run, module, rank, world, run_dir)
     if restored is not None:
         with restored.as_directory() as folder:
             loop.restore(checkpoint.load(folder, strategy, rank))
@@ -104,10 +104,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class Loop:
     """The steps of one worker after its start or resume (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, module: TrainModule, rank: int, world: int, run_dir: str | None,
-                 config: dict[str, Any]) -> None:
-        self.cfg, self.module, self.rank, self.world, self.run_dir = cfg, module, rank, world, run_dir
-        self.config = config  # the run's config dict, for every checkpoint's config.json
+    def __init__(self, run: ResolvedRun, module: TrainModule, rank: int, world: int, run_dir: str | None) -> None:
+        self.resolved, self.cfg, self.module, self.rank, self.world, self.run_dir = run, run.cfg, module, rank, world, run_dir
+        cfg = run.cfg
+        self.config = to_dict(run.cfg)  # every checkpoint's config.json
         self.device = module.device
         self.guard = SpikeGuard(cfg.spike_guard)
         self.step, self.position, self.eval_start = 0, None, None  # eval_start: forgetting's baseline
@@ -144,10 +144,10 @@ class Loop:
     def run(self, evaluate_first: bool) -> None:
         cfg = self.cfg
         transform = batch_transform(cfg)
-        hooks = [h for h in (sample_hook(cfg),) if h is not None]
+        hooks = [h for h in (sample_hook(self.resolved),) if h is not None]
         # loads its sets: before the loader's thread
-        evaluator = Evaluator(cfg, self.rank, self.world, self.device, autocast=self.module.strategy.autocast,
-                              hooks=hooks)
+        evaluator = Evaluator(cfg, self.rank, self.world, self.device, sets=self.resolved.eval_sets,
+                              autocast=self.module.strategy.autocast, hooks=hooks)
         loader = self._loader()
         seq_log = None
         if cfg.log_seq_ids and self.run_dir:
