@@ -72,7 +72,7 @@ def run_raylm(folder: Path, out: Path, num_cpus: int) -> tuple[set[str], dict[st
     import pyarrow.parquet as pq
 
     from raylm.config import from_dict
-    from raylm.data.pipeline import CurateConfig, run
+    from raylm.curate.pipeline import CurateConfig, run
 
     cfg = from_dict(CurateConfig, {"steps": [{"minhash_dedup": {"threshold": 0.8}}], "report": False,
                                    "write_rejected": False, "ray": {"num_cpus": num_cpus}})

@@ -3,7 +3,8 @@
 Both read the same near-duplicate-rich JSONL (real text plus edited copies, see
 ``neardup_corpus.py``). raylm's wall time includes starting Ray (a fresh process per run);
 datasketch is the textbook single process: ``MinHash.update_batch`` per document and a
-``MinHashLSH`` query + insert. raylm runs at num_cpus 2 and 1 to show how it scales. The
+``MinHashLSH`` query + insert. raylm runs at num_cpus 2 and 1 to show how it scales, and on the same documents as one JSONL
+file (read in byte ranges by several tasks: ``raylm.curate.split``). The
 full default pipeline (every step) is timed on a slice of the corpus for its MB/s.
 
     python benchmarks/dedup_speed.py [--mb 300] [--full-mb 30]
@@ -32,10 +33,11 @@ RUN = """
 import sys, time, json
 t0 = time.perf_counter()
 from raylm.config import load
-from raylm.data.pipeline import CurateConfig, run
+from raylm.curate.pipeline import CurateConfig, run
 cfg = load(CurateConfig, sys.argv[1], ["ray.num_cpus=" + sys.argv[4]])
 stats = run(cfg, [sys.argv[2]], sys.argv[3], overwrite=True, quiet=True)
-print(json.dumps({"wall_s": time.perf_counter() - t0, "kept": stats["kept"], "in": stats["documents_in"]}))
+print(json.dumps({"wall_s": time.perf_counter() - t0, "kept": stats["kept"], "in": stats["documents_in"],
+                  "read_units": stats["resume"]["units"]}))
 """
 
 
@@ -84,6 +86,11 @@ def main() -> None:
         cfg.write_text(DEDUP_ONLY)
         two = run_raylm(cfg, tmp / "in", tmp / "o2", 2)
         one = run_raylm(cfg, tmp / "in", tmp / "o1", 1)
+        (tmp / "one").mkdir()
+        with open(tmp / "one" / "all.jsonl", "wb") as single:  # the same documents as one big file
+            for part in sorted((tmp / "in").glob("*.jsonl")):
+                single.write(part.read_bytes())
+        one_file = run_raylm(cfg, tmp / "one", tmp / "o3", 2)
         base = run_datasketch(tmp / "in")
         C.write_jsonl(C.generate(int(args.full_mb * 1e6), seed=2), tmp / "full_in")
         full_bytes = sum(p.stat().st_size for p in (tmp / "full_in").glob("*.jsonl"))
@@ -98,9 +105,11 @@ def main() -> None:
         "corpus": {"documents": n_docs, "mb": round(mb, 1)},
         "raylm_num_cpus_2": {**two, "mb_per_s": mb / two["wall_s"]},
         "raylm_num_cpus_1": {**one, "mb_per_s": mb / one["wall_s"]},
+        "raylm_one_file_num_cpus_2": {**one_file, "mb_per_s": mb / one_file["wall_s"]},
         "datasketch_single_process": {**base, "mb_per_s": mb / base["wall_s"]},
         "wall_ratio_raylm2_vs_datasketch": two["wall_s"] / base["wall_s"],
         "speedup_vs_datasketch": base["wall_s"] / two["wall_s"],
+        "wall_ratio_one_file_vs_datasketch": one_file["wall_s"] / base["wall_s"],
         "scaling_2_vs_1_cores": one["wall_s"] / two["wall_s"],
         "scaling_note": "whole process tree pinned with taskset to 1 vs 2 cores; Ray start-up included",
         "full_default_pipeline": {**full, "mb": round(full_bytes / 1e6, 1),

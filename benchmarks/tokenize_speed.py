@@ -117,8 +117,8 @@ def run_ray(model: str, folder: Path, num_cpus: int, batch_size: int) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    from raylm.data.runner import StepActor
-    from raylm.data.steps.tokenize import Tokenize, TokenizeConfig
+    from raylm.curate.runner import StepActor
+    from raylm.data.encode import Tokenize, TokenizeConfig
 
     step = Tokenize(TokenizeConfig(model=model))
     t0 = time.perf_counter()

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 from raylm.config import ConfigError, load
-from raylm.data.read import InputError
+from raylm.storage import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from raylm.data.pipeline import CurateConfig, run
+    from raylm.curate.pipeline import CurateConfig, run
 
     cfg = load(CurateConfig, args.config, args.set)
     stats = run(cfg, args.inputs, args.output, overwrite=args.overwrite)
@@ -31,7 +31,7 @@ def _curate(args: argparse.Namespace) -> int:
 def _tokenizer_train(args: argparse.Namespace) -> int:
     import json
 
-    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.cluster import RayConfig, ensure_ray
     from raylm.data.tokenizer import TokenizerConfig, TokenizerError, train_tokenizer
 
     cfg = load(TokenizerConfig, args.config, args.set)
@@ -58,7 +58,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.cluster import RayConfig, ensure_ray
     from raylm.train.config import load_train_config
     from raylm.train.trainer import fit, read_metrics, run_dir
 
@@ -165,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import json
 
-    from raylm.data.pipeline import RayConfig, ensure_ray
+    from raylm.cluster import RayConfig, ensure_ray
     from raylm.tune.sweep import load_sweep, run_sweep
 
     sweep, base = load_sweep(args.config, args.set)

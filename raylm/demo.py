@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raylm.data.pipeline import CurateConfig, RayConfig, run
+from raylm.cluster import RayConfig
+from raylm.curate.pipeline import CurateConfig, run
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from raylm import storage
+from raylm.cluster import RayConfig
 from raylm.config import ConfigError, from_dict, to_dict
-from raylm.data.pipeline import CurateConfig, RayConfig
+from raylm.curate.pipeline import CurateConfig
 
 SOURCE = "corpus"
 """The name of the recipe's one token-shard source."""
@@ -110,8 +111,8 @@ def _stage(name: str, quiet: bool) -> float:
 def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, Any]:
     """Run every stage of ``cfg`` into ``out`` (an existing stage output is replaced, except
     that an unfinished curate run resumes); returns the report written to ``out/recipe.json``."""
-    from raylm.data.pipeline import ensure_ray
-    from raylm.data.pipeline import run as curate
+    from raylm.cluster import ensure_ray
+    from raylm.curate.pipeline import run as curate
     from raylm.data.prepare import prepare
     from raylm.data.tokenizer import train_tokenizer
     from raylm.infer.evaluate import evaluate_checkpoint

@@ -20,6 +20,10 @@ import pyarrow.fs as pafs
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 
 
+class InputError(ValueError):
+    """An input path that does not exist or cannot be read."""
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 

@@ -16,7 +16,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from raylm.config import load
-from raylm.data.pipeline import CurateConfig
+from raylm.curate.pipeline import CurateConfig
 from raylm.data.prepare import PrepareConfig
 from raylm.train.config import load_train_config
 from raylm.train.trainer import worker_resources

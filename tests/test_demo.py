@@ -5,7 +5,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from raylm.data.pipeline import CurateConfig, run
+from raylm.curate.pipeline import CurateConfig, run
 from raylm.demo import SAMPLE
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from raylm.config import load
-from raylm.data.pipeline import CurateConfig
+from raylm.curate.pipeline import CurateConfig
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]

@@ -107,7 +107,7 @@ def test_train_from_and_to_s3_then_resume_and_continue_from_it(ray_session, s3, 
 
 def test_storage_endpoint_must_be_a_url():
     from raylm.config import from_dict
-    from raylm.data.pipeline import CurateConfig
+    from raylm.curate.pipeline import CurateConfig
 
     with pytest.raises(ConfigError, match="storage_endpoint"):
         train_config({"data": {"path": "x"}, "storage_endpoint": "127.0.0.1:9000"})
@@ -147,7 +147,7 @@ def test_curate_from_and_to_s3_resumes_there(s3, tmp_path):
     assert sum(k.startswith("_work/files/") and k.endswith(".json") for k in objects) == 4
     fs.delete_file(f"{BUCKET}/curated/stats.json")
     second = curate()
-    assert second["resume"] == {"resumed": True, "files_done_before": 4, "files_curated": 0,
+    assert second["resume"] == {"resumed": True, "units": 4, "units_done_before": 4, "units_curated": 0,
                                 "steps_reused": ["01-exact_dedup"]}
     assert second["steps"] == first["steps"]
 

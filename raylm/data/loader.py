@@ -2,39 +2,18 @@
 
 Input: a packed dataset, i.e. a ``ray.data.Dataset`` or a Parquet folder with ``seq_id``
 (int64), ``tokens`` (list<int32>, all ``seq_len`` long) and ``cu_seqlens`` (list<int32>, from
-0 to ``seq_len``). The order below works on *indices* ``0..N-1``: for a Dataset or a plain
-folder the index is the seq_id (which must then be dense); for a token-shard folder written by
-``raylm prepare`` (seq_id ``unit << 32 | position``, see ``shards``) the manifest's per-unit
-counts map index ``i`` to the ``i``-th smallest seq_id (``IdMap``), so a window of consecutive
-indices is one seq_id range. Batches carry the stored seq_ids.
+0 to ``seq_len``). The order (``raylm.data.position``) works on *indices* ``0..N-1``: for a
+Dataset or a plain folder the index is the seq_id (which must then be dense); for a token-shard
+folder written by ``raylm prepare`` (seq_id ``unit << 32 | position``, see ``shards``) the
+manifest's per-unit counts map index ``i`` to the ``i``-th smallest seq_id
+(``raylm.data.reader.IdMap``), so a window of consecutive indices is one seq_id range. Batches
+carry the stored seq_ids.
 
-Global order (a pure function of ``seed``, ``epoch``, ``N`` and ``window``): the id space is cut
-into *windows* of ``window`` consecutive seq_ids; each epoch visits the windows in a seeded
-random order and the ids inside each window in a seeded random order (``global_order``). That
-concatenation is the epoch's order ``O``. With ``B`` sequences per worker and ``W`` workers,
-global batch ``g`` is ``O[g*B*W:(g+1)*B*W]`` and worker ``r`` takes its ``r``-th block of ``B``.
-An epoch has ``N // (B*W)`` global batches; the ``< B*W`` remaining positions (different
-sequences every epoch) are skipped, so every worker always gets a full batch.
-
-Why not ``ray.train.get_dataset_shard``: its ``streaming_split`` hands rows to workers in an
-order that changes from run to run, and no bounded buffer can turn an arbitrary arrival order
-into a fixed one. Instead each worker reads, window after window in the epoch's order, just
-that window's seq_id range through Ray Data (``ds.filter(expr=lo <= seq_id < hi)`` then
-``iter_batches(prefetch_batches=...)``), keeps only the rows of its own blocks and reorders
-them in memory. For a Parquet folder, files whose footer statistics cannot overlap the window
-are not read at all and the range predicate is pushed into the Parquet scan (row groups are
-skipped on their statistics), so a folder sorted by ``seq_id`` (as the token shards are) costs
-about one read of the data per worker and epoch; an in-memory ``Dataset`` is re-filtered for
-every window (fine for tests and small data). A background thread reads ``prefetch`` windows
-ahead, so memory is bounded by ``(prefetch + 1) * window / W`` sequences per worker (plus one
-batch), never the whole dataset.
-
-Resume: ``DataPosition`` (epoch, sequences of that epoch consumed by all workers together,
-seed, world size, batch size, window, N) is global, so rank 0 alone saves it
-(``state_dict()`` -> JSON in the checkpoint) and every rank restores it; the next batch is
-global batch ``consumed // (B*W)`` of that epoch, exactly what an uninterrupted run would have
-produced next. The world size, per-worker batch size, seed, window and N must be the ones the
-position was saved with (``ValueError`` otherwise).
+``TrainBatches`` reads, window after window in the epoch's order, just that window's seq_id
+range (``raylm.data.reader``), keeps only the rows of its own blocks and reorders them in
+memory. A background thread reads ``prefetch`` windows ahead, so memory is bounded by
+``(prefetch + 1) * window / W`` sequences per worker (plus one batch), never the whole dataset.
+Its ``position`` (``DataPosition``) after each batch is what a checkpoint saves.
 
 ``TrainBatches.data_wait_s`` is the total time the training loop spent blocked in ``next()``
 (``last_wait_s`` the latest one): near zero when the prefetching keeps up.
@@ -49,358 +28,18 @@ takes them) and ``max_seqlen`` (int).
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from raylm.data.position import DataPosition, window_ids, window_order
+from raylm.data.reader import SeqSource, Stopped, read_rows
+
 IGNORE_INDEX = -100
-_POSITION_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class DataPosition:
-    """Where a data-parallel run is in its global data order; the same on every rank."""
-
-    epoch: int = 0
-    consumed: int = 0
-    """Sequences of ``epoch`` already consumed, all workers together (a multiple of the
-    global batch size)."""
-    seed: int = 0
-    world_size: int = 1
-    batch_size: int = 1
-    """Sequences per worker and step."""
-    window: int = 4096
-    num_sequences: int = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.num_sequences // self.global_batch_size
-
-    @property
-    def sequences_seen(self) -> int:
-        """Sequences consumed since the start of training, all workers together."""
-        return self.epoch * self.steps_per_epoch * self.global_batch_size + self.consumed
-
-    def advance(self) -> DataPosition:
-        """The position after one more global batch (rolling over to the next epoch)."""
-        consumed = self.consumed + self.global_batch_size
-        if consumed // self.global_batch_size >= self.steps_per_epoch:
-            return dataclasses.replace(self, epoch=self.epoch + 1, consumed=0)
-        return dataclasses.replace(self, consumed=consumed)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"version": _POSITION_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataPosition:
-        d = dict(d)
-        version = d.pop("version", _POSITION_VERSION)
-        if version != _POSITION_VERSION:
-            raise ValueError(f"data position version {version} is not {_POSITION_VERSION}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"data position has unknown keys {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in d.items()})
-
-    def check_compatible(self, other: DataPosition) -> None:
-        """Raise ``ValueError`` unless ``other`` (this run's settings) can resume ``self``."""
-        for name, what in (
-            ("world_size", "number of workers"),
-            ("batch_size", "per-worker batch size"),
-            ("seed", "data seed"),
-            ("window", "shuffle window"),
-            ("num_sequences", "number of sequences in the dataset"),
-        ):
-            saved, now = getattr(self, name), getattr(other, name)
-            if saved != now:
-                raise ValueError(
-                    f"cannot resume the data position exactly: it was saved with {name}={saved} "
-                    f"({what}) but this run has {name}={now}; exact resume needs the same {name}"
-                )
-
-
-def position_from_dict(d: dict[str, Any]) -> Any:
-    """A saved data position: ``DataPosition``, or ``MixPosition`` for a mixed run."""
-    if d.get("kind") == "mix":
-        from raylm.data.mixed_loader import MixPosition
-
-        return MixPosition.from_dict(d)
-    return DataPosition.from_dict(d)
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([k & 0xFFFFFFFF for k in key] + [len(key)]))
-
-
-def window_order(num_sequences: int, window: int, seed: int, epoch: int) -> np.ndarray:
-    """Indices of the windows in the order epoch ``epoch`` visits them."""
-    n_windows = -(-num_sequences // window)
-    return _rng(seed, epoch).permutation(n_windows)
-
-
-def window_ids(num_sequences: int, window: int, seed: int, epoch: int, w: int) -> np.ndarray:
-    """The seq_ids of window ``w`` in the order epoch ``epoch`` visits them."""
-    lo, hi = w * window, min((w + 1) * window, num_sequences)
-    return lo + _rng(seed, epoch, w, 1).permutation(hi - lo)
-
-
-def global_order(num_sequences: int, window: int, seed: int, epoch: int) -> np.ndarray:
-    """The whole epoch order (``O`` of the module docstring); for tests and small data only."""
-    parts = [window_ids(num_sequences, window, seed, epoch, int(w))
-             for w in window_order(num_sequences, window, seed, epoch)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-class IdMap:
-    """Index ``0..N-1`` <-> seq_id for ids ``unit << shift | position`` with ``counts[u]``
-    positions in unit ``units[u]`` (units ascending). ``IdMap.identity(n)`` is the dense case."""
-
-    def __init__(self, units: np.ndarray, counts: np.ndarray, shift: int = 32) -> None:
-        self.units = np.asarray(units, np.int64)
-        self.counts = np.asarray(counts, np.int64)
-        if len(self.units) and (np.any(np.diff(self.units) <= 0) or np.any(self.counts < 1)):
-            raise ValueError("units must be ascending with positive counts")
-        self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
-        self.shift = shift
-
-    @classmethod
-    def identity(cls, n: int) -> IdMap:
-        return cls(np.zeros(1 if n else 0, np.int64), np.array([n] if n else [], np.int64), 0)
-
-    @property
-    def size(self) -> int:
-        return int(self.offsets[-1])
-
-    def to_seq_id(self, index: np.ndarray) -> np.ndarray:
-        index = np.asarray(index, np.int64)
-        u = np.searchsorted(self.offsets, index, side="right") - 1
-        return (self.units[u] << self.shift) | (index - self.offsets[u])
-
-    def to_index(self, seq_id: np.ndarray) -> np.ndarray:
-        """Indices of ``seq_id``s; -1 for ids outside the map."""
-        seq_id = np.asarray(seq_id, np.int64)
-        if self.shift:
-            unit, pos = seq_id >> self.shift, seq_id & ((1 << self.shift) - 1)
-        else:
-            unit, pos = np.zeros_like(seq_id), seq_id
-        u = np.clip(np.searchsorted(self.units, unit), 0, max(len(self.units) - 1, 0))
-        ok = (len(self.units) > 0) & (self.units[u] == unit) & (pos >= 0) & (pos < self.counts[u])
-        return np.where(ok, self.offsets[u] + pos, -1)
-
-    def seq_id_range(self, lo: int, hi: int) -> tuple[int, int]:
-        """The seq_id range ``[a, b)`` holding exactly the indices ``[lo, hi)``."""
-        first, last = self.to_seq_id(np.array([lo, hi - 1]))
-        return int(first), int(last) + 1
-
-
-def _manifest_units(path: str) -> IdMap | None:
-    """The IdMap of a token-shard folder from its manifest (None: no manifest or no units)."""
-    import pyarrow.fs as pafs
-
-    from raylm.data.shards import MANIFEST, UNIT_SHIFT, read_manifest
-
-    fs, root = _open(path)
-    if fs.get_file_info(f"{root.rstrip('/')}/{MANIFEST}").type != pafs.FileType.File:
-        return None
-    manifest = read_manifest(path)
-    if "units" not in manifest:
-        return None
-    units = np.array([u for u, _ in manifest["units"]], np.int64)
-    counts = np.array([c for _, c in manifest["units"]], np.int64)
-    return IdMap(units, counts, int(manifest.get("unit_shift", UNIT_SHIFT)))
-
-
-_COLUMNS = ["seq_id", "tokens", "cu_seqlens"]
-_READ_TASK_BYTES = 64 << 20
-
-
-class _RowGroup(NamedTuple):
-    uri: str
-    index: int
-    lo: int | None  # seq_id statistics; None when the footer has none
-    hi: int | None
-    rows: int
-    size: int
-
-
-def _open(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-
-
-def _parquet_row_groups(path: str) -> list[_RowGroup]:
-    """Every row group of a Parquet folder (or file) with its seq_id range, from the footers.
-    A token-shard folder's files are the ones its manifest lists (its ``val/`` split, which
-    ``raylm prepare`` writes inside it, is not training data)."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    from raylm.data.shards import MANIFEST, read_manifest
-
-    fs, root = _open(path)
-    scheme = path.split("://", 1)[0] + "://" if "://" in path else ""
-    if fs.get_file_info(f"{root.rstrip('/')}/{MANIFEST}").type == pafs.FileType.File:
-        files = [f"{root.rstrip('/')}/{s['path']}" for s in read_manifest(path)["shards"]]
-    elif fs.get_file_info(root).type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
-    else:
-        files = [root]
-    if not files:
-        raise ValueError(f"{path}: no .parquet files")
-    out = []
-    for f in files:
-        md = pq.ParquetFile(f, filesystem=fs).metadata
-        col = md.schema.to_arrow_schema().get_field_index("seq_id")
-        if col < 0:
-            raise ValueError(f"{f}: no seq_id column")
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            st = rg.column(col).statistics
-            lo, hi = (int(st.min), int(st.max)) if st is not None and st.has_min_max else (None, None)
-            out.append(_RowGroup(scheme + f, g, lo, hi, rg.num_rows, rg.total_byte_size))
-    return out
-
-
-def _read_row_groups(groups: list[_RowGroup], lo: int, hi: int) -> Iterator[Any]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    for g in groups:
-        fs, p = _open(g.uri)
-        t = pq.ParquetFile(p, filesystem=fs).read_row_group(g.index, columns=_COLUMNS)
-        sid = t.column("seq_id")
-        yield t.filter(pc.and_(pc.greater_equal(sid, lo), pc.less(sid, hi)))
-
-
-def _range_datasource(groups: list[_RowGroup], lo: int, hi: int):
-    """A Ray Data datasource of the rows ``lo <= seq_id < hi`` of ``groups``: one read task
-    per few row groups, nothing else opened (no file listing or sampling per window)."""
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class _SeqIdRange(Datasource):
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(g.size for g in groups)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            chunks = [c.tolist() for c in np.array_split(np.arange(len(groups)), max(1, min(parallelism, len(groups))))]
-            tasks = []
-            for c in chunks:
-                part = [groups[i] for i in c]
-                meta = BlockMetadata(num_rows=None, size_bytes=sum(g.size for g in part), exec_stats=None,
-                                     input_files=tuple(g.uri for g in part))
-                tasks.append(ReadTask(lambda part=part: _read_row_groups(part, lo, hi), meta))
-            return tasks
-
-    return _SeqIdRange()
-
-
-class _Source:
-    """Reads one seq_id range of the packed data through Ray Data."""
-
-    def __init__(self, data: Any) -> None:
-        import ray.data
-
-        self.groups: list[_RowGroup] | None = None
-        self.ds = None
-        self.ids: IdMap | None = None
-        if isinstance(data, str):
-            self.groups = _parquet_row_groups(data)
-            self.ids = _manifest_units(data)
-            if self.ids is not None and self.ids.size != sum(g.rows for g in self.groups):
-                raise ValueError(f"{data}: the manifest counts {self.ids.size} sequences, the files "
-                                 f"{sum(g.rows for g in self.groups)}")
-        elif isinstance(data, ray.data.Dataset):
-            self.ds = data.select_columns(_COLUMNS)
-        else:
-            raise TypeError(
-                f"TrainBatches reads a ray.data.Dataset or a Parquet folder, not {type(data).__name__}; "
-                "a get_dataset_shard() iterator cannot be used because streaming_split's order is not "
-                "deterministic: pass the Dataset itself (e.g. through train_loop_config)"
-            )
-
-    def count(self) -> int:
-        if self.ds is not None:
-            return self.ds.count()
-        return sum(g.rows for g in self.groups)
-
-    def id_map(self, num_sequences: int) -> IdMap:
-        return self.ids if self.ids is not None else IdMap.identity(num_sequences)
-
-    def window(self, lo: int, hi: int):
-        """The rows with ``lo <= seq_id < hi`` as a Dataset (None when no row group can hold any)."""
-        import ray.data
-
-        if self.ds is not None:
-            from ray.data.expressions import col, lit
-
-            return self.ds.filter(expr=(col("seq_id") >= lit(lo)) & (col("seq_id") < lit(hi)))
-        groups = [g for g in self.groups if g.lo is None or (g.lo < hi and g.hi >= lo)]
-        if not groups:
-            return None
-        # one read task per ~64 MiB: each task is a Ray task hop (~0.1 s on a small machine)
-        tasks = min(len(groups), 1 + sum(g.size for g in groups) // _READ_TASK_BYTES)
-        return ray.data.read_datasource(_range_datasource(groups, lo, hi), override_num_blocks=tasks)
-
-
-def read_rows(source: _Source, id_map: IdMap, lo: int, hi: int, ids: np.ndarray, read_batch_size: int = 256,
-              stop: threading.Event | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rows of indices ``ids`` (all in ``[lo, hi)``) of ``source`` in that order: tokens ``(n, L)`` and
-    cu_seqlens (``_Stopped`` when ``stop`` is set meanwhile)."""
-    slot = np.full(hi - lo, -1, np.int64)
-    slot[ids - lo] = np.arange(len(ids))
-    tokens: np.ndarray | None = None
-    cu: list[np.ndarray | None] = [None] * len(ids)
-    found = 0
-    ds = source.window(*id_map.seq_id_range(lo, hi))
-    batches = [] if ds is None else ds.iter_batches(
-        batch_size=read_batch_size, batch_format="pyarrow", prefetch_batches=2)
-    for t in batches:
-        if stop is not None and stop.is_set():
-            raise _Stopped
-        sid = t.column("seq_id").to_numpy()
-        idx = id_map.to_index(sid)
-        if np.any((idx < lo) | (idx >= hi)):
-            raise ValueError(f"seq_ids {sid[(idx < lo) | (idx >= hi)][:5].tolist()} are not in the data's id map")
-        k = slot[idx - lo]
-        keep = np.flatnonzero(k >= 0)
-        if not len(keep):
-            continue
-        tok_col = t.column("tokens").combine_chunks()
-        flat = tok_col.flatten().to_numpy()
-        offsets = tok_col.offsets.to_numpy()
-        seq_len = offsets[1] - offsets[0]
-        if np.any(np.diff(offsets) != seq_len):
-            raise ValueError(f"tokens of seq_ids {lo}..{hi - 1} are not all {seq_len} long")
-        rows = flat.reshape(-1, seq_len)
-        if tokens is None:
-            tokens = np.empty((len(ids), seq_len), np.int32)
-        elif tokens.shape[1] != seq_len:
-            raise ValueError(f"tokens are {tokens.shape[1]} and {seq_len} long")
-        tokens[k[keep]] = rows[keep]
-        cu_list = t.column("cu_seqlens").to_pylist()
-        for j in keep:
-            if cu[k[j]] is not None:
-                raise ValueError(f"seq_id {int(sid[j])} appears twice in the dataset")
-            cu[k[j]] = np.asarray(cu_list[j], np.int64)
-        found += len(keep)
-    if found != len(ids):
-        missing = [int(i) for i, c in zip(id_map.to_seq_id(ids), cu) if c is None][:5]
-        raise ValueError(f"seq_ids {missing} are missing from the data: without a token-shard "
-                         "manifest, seq_id must be dense 0..N-1")
-    return tokens, cu  # type: ignore[return-value]
 
 
 class TrainBatches:
@@ -435,7 +74,7 @@ class TrainBatches:
             num_sequences = position.num_sequences
         if seed is None:  # the saved seed, or 0
             seed = position.seed if position is not None else 0
-        self._source = _Source(data)
+        self._source = SeqSource(data)
         if num_sequences is None:
             num_sequences = self._source.count()
         now = DataPosition(seed=seed, world_size=world_size, batch_size=batch_size, window=window,
@@ -539,7 +178,7 @@ class TrainBatches:
                 if not self._put(out, (epoch, self.ids.to_seq_id(ids), *self._read(lo, hi, ids))):
                     return
             self._put(out, None)
-        except _Stopped:
+        except Stopped:
             return
         except BaseException as e:  # handed to the consuming thread
             self._put(out, e)
@@ -586,10 +225,6 @@ class TrainBatches:
                     yield batch
         finally:
             self._stop.set()
-
-
-class _Stopped(Exception):
-    pass
 
 
 def make_batch(seq_ids: np.ndarray, tokens: np.ndarray, cu_seqlens: list[np.ndarray]) -> dict[str, Any]:

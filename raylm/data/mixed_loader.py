@@ -34,53 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from raylm.data.loader import _Source, _Stopped, make_batch, read_rows, window_ids, window_order
+from raylm.data.loader import make_batch
 from raylm.data.mixing import MixConfig, Mixer
-
-_MIX_VERSION = 1
+from raylm.data.position import MixPosition, window_ids, window_order
+from raylm.data.reader import SeqSource, Stopped, read_rows
 
 
 def source_seed(seed: int, name: str) -> int:
     """The order seed of source ``name``: independent orders per source, stable across runs."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFFFFFF
-
-
-@dataclasses.dataclass(frozen=True)
-class MixPosition:
-    """Where a mixed run is: the Mixer's state and the settings it is only valid with."""
-
-    mixer: dict[str, Any]
-    sizes: dict[str, int]
-    seed: int = 0
-    world_size: int = 1
-    batch_size: int = 1
-    window: int = 4096
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def sequences_seen(self) -> int:
-        return int(self.mixer.get("step", 0))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": _MIX_VERSION, "kind": "mix", **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MixPosition:
-        d = dict(d)
-        if d.pop("kind", None) != "mix" or d.pop("version", None) != _MIX_VERSION:
-            raise ValueError(f"not a version-{_MIX_VERSION} mixed data position: {sorted(d)}")
-        return cls(mixer=d["mixer"], sizes={k: int(v) for k, v in d["sizes"].items()},
-                   **{k: int(d[k]) for k in ("seed", "world_size", "batch_size", "window")})
-
-    def check_compatible(self, other: MixPosition) -> None:
-        for name in ("sizes", "seed", "world_size", "batch_size", "window"):
-            saved, now = getattr(self, name), getattr(other, name)
-            if saved != now:
-                raise ValueError(f"cannot resume the mixed data position exactly: it was saved with "
-                                 f"{name}={saved} but this run has {name}={now}")
 
 
 class _SourceStream:
@@ -89,7 +51,7 @@ class _SourceStream:
 
     def __init__(self, name: str, data: Any, seed: int, window: int, prefetch: int, read_batch_size: int) -> None:
         self.name = name
-        self.source = _Source(data)
+        self.source = SeqSource(data)
         self.size = self.source.count()
         self.ids = self.source.id_map(self.size)
         self.seed, self.window, self.read_batch_size = seed, window, read_batch_size
@@ -125,7 +87,7 @@ class _SourceStream:
                         continue
                 if self._stop.is_set():
                     return
-        except _Stopped:
+        except Stopped:
             return
         except BaseException as e:  # handed to the consumer
             self._queue.put(e)

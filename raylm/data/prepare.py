@@ -32,13 +32,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, to_dict
-from raylm.data.pipeline import RayConfig, ensure_ray
-from raylm.data.read import InputError
+from raylm.data.corpus import sort_inputs, uniform
+from raylm.data.encode import Tokenize, TokenizeConfig
 from raylm.data.shards import ORDER_COLUMN, UNIT_COLUMN, write_token_shards
-from raylm.data.sink import resolve
-from raylm.data.steps.tokenize import Tokenize, TokenizeConfig
 from raylm.data.transforms import FIMConfig, fim_transform_middle
+from raylm.storage import InputError, filesystem
 
 _SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VAL_DIR = "val"
@@ -64,9 +64,7 @@ class HeldOutConfig:
 
 def held_out(texts: list[str | None], cfg: HeldOutConfig) -> np.ndarray:
     """Which documents of ``texts`` are held out (bool array): a function of each text alone."""
-    from raylm.data.tokenizer import _uniform
-
-    return _uniform([t or "" for t in texts], cfg.seed) < cfg.fraction
+    return uniform([t or "" for t in texts], cfg.seed) < cfg.fraction
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -130,7 +128,7 @@ def _read_file(batch: pa.Table, text_field: str, batch_rows: int, split: Split =
     import pyarrow.parquet as pq
 
     for path, unit in zip(batch.column("path").to_pylist(), batch.column("unit").to_pylist()):
-        fs, p = resolve(path)
+        fs, p = filesystem(path)
         with fs.open_input_file(p) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
@@ -184,12 +182,7 @@ class TokenizeFIM:
 
 def source_files(paths: list[str]) -> list[str]:
     """The Parquet files of a source's inputs, sorted (a curated folder stands for its data/)."""
-    from raylm.data.tokenizer import TokenizerError, _sort_inputs
-
-    try:
-        parquet, jsonl = _sort_inputs(list(paths))
-    except TokenizerError as exc:
-        raise InputError(str(exc)) from None
+    parquet, jsonl = sort_inputs(list(paths))
     if jsonl:
         raise InputError(f"prepare reads curated Parquet, not JSONL: {jsonl[0]}")
     return sorted(parquet)
@@ -198,7 +191,7 @@ def source_files(paths: list[str]) -> list[str]:
 def _check_text_field(path: str, text_field: str) -> None:
     import pyarrow.parquet as pq
 
-    fs, p = resolve(path)
+    fs, p = filesystem(path)
     names = pq.read_schema(p, filesystem=fs).names
     if text_field not in names:
         raise InputError(f"{path}: no {text_field!r} column (columns: {', '.join(names)})")
@@ -279,7 +272,7 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
             summary["sources"][name]["val"] = {k: val[k] for k in keys} | {"path": f"{out}/{name}/{VAL_DIR}"}
     summary["num_tokens"] = sum(s["num_tokens"] for s in summary["sources"].values())
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    fs, root = resolve(out)
+    fs, root = filesystem(out)
     with fs.open_output_stream(f"{root}/prepare.json") as f:
         f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
     return summary

@@ -45,8 +45,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 
 from raylm.data.packing import PackConfig, PackStats, pack_table
-from raylm.data.read import InputError
-from raylm.data.sink import resolve
+from raylm.storage import InputError, filesystem
 
 FORMAT = "raylm.token_shards/1"
 MANIFEST = "manifest.json"
@@ -142,7 +141,7 @@ class TokenShardSink(Datasink):
         return self.rows_per_shard
 
     def on_write_start(self, schema=None) -> None:
-        fs, root = resolve(self.out)
+        fs, root = filesystem(self.out)
         fs.create_dir(root, recursive=True)
 
     def write(self, blocks, ctx) -> dict[str, Any]:
@@ -160,7 +159,7 @@ class TokenShardSink(Datasink):
         if not seqs.num_rows:
             return result
         seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
-        fs, root = resolve(self.out)
+        fs, root = filesystem(self.out)
         fs.create_dir(root, recursive=True)
         tag = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
         for j, lo in enumerate(range(0, seqs.num_rows, self.rows_per_shard)):
@@ -181,7 +180,7 @@ class TokenShardSink(Datasink):
 
 
 def _clear(out: str, overwrite: bool) -> None:
-    fs, root = resolve(out)
+    fs, root = filesystem(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise InputError(f"{out}: exists and is a file")
@@ -268,7 +267,7 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
 def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source: str,
             tokenizer_hash: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
     """Rename the temporary files to ``shard-NNNNN.parquet`` in ``seq_id`` order; write the manifest."""
-    fs, root = resolve(out_dir)
+    fs, root = filesystem(out_dir)
     written = sorted((f for r in results for f in r["files"]), key=lambda f: f["min_seq_id"])
     shards = []
     for i, r in enumerate(written):
@@ -325,7 +324,7 @@ def _manifest_uri(path: str) -> tuple[str, str]:
 def read_manifest(path: str) -> dict[str, Any]:
     """The manifest of the shard folder ``path`` (local or URI; or the manifest file itself)."""
     _, manifest = _manifest_uri(path)
-    fs, p = resolve(manifest)
+    fs, p = filesystem(manifest)
     if fs.get_file_info(p).type != pafs.FileType.File:
         raise InputError(f"{manifest}: no token-shard manifest")
     with fs.open_input_stream(p) as f:
@@ -350,9 +349,9 @@ def open_token_dataset(path: str, *, sort: bool = True, shuffle: Literal["sort",
         import os
 
         files = [os.path.abspath(f) for f in files]
-    from raylm.data.tokenizer import _read_parquet_v1
+    from raylm.data.corpus import read_parquet_v1
 
-    ds = _read_parquet_v1(files, schema=shard_schema())
+    ds = read_parquet_v1(files, schema=shard_schema())
     if not sort:
         return ds
     with shuffle_strategy(shuffle):

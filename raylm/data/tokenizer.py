@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 
 from raylm.config import ConfigError, to_dict
+from raylm.data.corpus import read_parquet_v1, sort_inputs, uniform
+from raylm.storage import InputError
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>"]
 """Special pieces with fixed ids: the position in this list is the id."""
@@ -136,69 +138,19 @@ def detect_script(text: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _is_json(path: str) -> bool:
-    name = path.lower()
-    for ext in (".gz", ".zst", ".zstd", ".bz2"):
-        name = name.removesuffix(ext)
-    return name.endswith((".jsonl", ".json", ".ndjson"))
-
-
-def _sort_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """(parquet paths, JSONL paths). A curated output folder stands for its ``data/`` (not
-    ``rejected/`` or ``duplicates.parquet``); other folders are searched recursively."""
-    parquet: list[str] = []
-    jsonl: list[str] = []
-    for raw in inputs:
-        if "://" in raw:  # remote: a JSONL file, else Parquet (file or folder)
-            (jsonl if _is_json(raw) else parquet).append(raw)
-            continue
-        p = Path(raw)
-        if not p.exists():
-            raise TokenizerError(f"{raw}: no such file or directory")
-        if p.is_dir() and (p / "data").is_dir():
-            p = p / "data"
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        files = [f for f in files if not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)
-                 ] if p.is_dir() else files
-        found_pq = [str(f) for f in files if f.name.lower().endswith(".parquet")]
-        found_js = [str(f) for f in files if _is_json(f.name)]
-        if not found_pq and not found_js:
-            raise TokenizerError(f"{raw}: no .parquet or .jsonl files")
-        parquet.extend(found_pq)
-        jsonl.extend(found_js)
-    return parquet, jsonl
-
-
-def _read_parquet_v1(paths: list[str], **read_args: Any):
-    """``ray.data.read_parquet`` through the V1 datasource (chosen when the dataset is built).
-
-    Ray 2.60's default V2 reader lists files with 32 footer-reading actors per execution,
-    which costs seconds of actor start-up on a small machine (4 s for one 1 MB file on 2
-    cores, against 0.3 s for V1); the tokenizer reads a sample and does not need it."""
-    import ray
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = getattr(ctx, "use_datasource_v2", None)
-    if before is None:
-        return ray.data.read_parquet(paths, **read_args)
-    ctx.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(paths, **read_args)
-    finally:
-        ctx.use_datasource_v2 = before
-
-
 def _read_corpus(inputs: list[str], text_field: str):
     """One Ray dataset of the text column, plus ``id`` and ``lang`` where the corpus has them."""
     import ray
 
     if not inputs:
         raise TokenizerError("no inputs given")
-    parquet, jsonl = _sort_inputs(inputs)
+    try:
+        parquet, jsonl = sort_inputs(inputs)
+    except InputError as exc:
+        raise TokenizerError(str(exc)) from None
     parts = []
     if parquet:
-        parts.append(_read_parquet_v1(parquet))
+        parts.append(read_parquet_v1(parquet))
     if jsonl:
         parts.append(ray.data.read_json(jsonl))
     for i, part in enumerate(parts):
@@ -210,21 +162,11 @@ def _read_corpus(inputs: list[str], text_field: str):
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
-def _uniform(keys: list[Any], seed: int) -> np.ndarray:
-    """A deterministic number in [0, 1) per key (blake2b of the key and the seed)."""
-    salt = seed.to_bytes(8, "little", signed=True)
-    out = np.empty(len(keys), dtype=np.float64)
-    for i, k in enumerate(keys):
-        b = (k if isinstance(k, str) else str(k)).encode("utf-8", "surrogatepass")
-        out[i] = int.from_bytes(hashlib.blake2b(b, digest_size=8, salt=salt).digest(), "little")
-    return out / 2.0**64
-
-
 def _split_batch(batch: pa.Table, text_field: str, seed: int, heldout: float, train_p: float,
                  eval_p: float) -> pa.Table:
     """Keep the training sample (``part`` 0) and the evaluated held-out docs (``part`` 1)."""
     key_col = _ID_COLUMN if _ID_COLUMN in batch.column_names else text_field
-    u = _uniform(batch.column(key_col).to_pylist(), seed)
+    u = uniform(batch.column(key_col).to_pylist(), seed)
     part = np.full(len(u), -1, dtype=np.int8)
     part[u < heldout * eval_p] = 1
     train = (u >= heldout) & ((u - heldout) < (1.0 - heldout) * train_p)
@@ -257,7 +199,7 @@ def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | N
     """Train on a uniform sample of ``inputs``; write ``out_prefix.{model,vocab,report.json}``.
 
     ``inputs`` are curated output folders (their ``data/`` is read), Parquet folders/files or
-    JSONL files. Ray must be initialised (``raylm.data.pipeline.ensure_ray``) or is started
+    JSONL files. Ray must be initialised (``raylm.cluster.ensure_ray``) or is started
     locally. ``baselines`` (name -> ``.model`` path) are other tokenizers measured on the same
     held-out documents (``baseline_fertility`` in the report), e.g. an English-only one on a
     Korean corpus. Returns the report (also written to ``out_prefix.report.json``)."""
@@ -267,7 +209,7 @@ def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | N
     cfg.validate()
     baseline_sps = {name: load_tokenizer(path) for name, path in (baselines or {}).items()}  # missing: fail now
     if not ray.is_initialized():
-        from raylm.data.pipeline import RayConfig, ensure_ray
+        from raylm.cluster import RayConfig, ensure_ray
 
         ensure_ray(RayConfig())
     t0 = time.perf_counter()

@@ -74,20 +74,21 @@ def load_set(name: str, path: str, max_sequences: int = 0) -> EvalSet:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from raylm.data.loader import _manifest_units, _open, _parquet_row_groups
+    from raylm.data.reader import manifest_id_map, parquet_row_groups
     from raylm.data.shards import read_manifest
+    from raylm.storage import filesystem
 
     manifest = read_manifest(path)
     has_langs, has_middle = bool(manifest.get("langs")), bool(manifest.get("fim_middle"))
     n = int(manifest["num_sequences"])
     k = n if not max_sequences else min(n, max_sequences)
-    seq_ids = _manifest_units(path).to_seq_id((np.arange(k) * n) // k) if k else np.zeros(0, np.int64)
+    seq_ids = manifest_id_map(path).to_seq_id((np.arange(k) * n) // k) if k else np.zeros(0, np.int64)
     columns = ["seq_id", "tokens", "cu_seqlens"] + (["langs"] if has_langs else []) + (["fim_middle"] if has_middle else [])
     parts = []
-    for g in _parquet_row_groups(path) if k else []:
+    for g in parquet_row_groups(path) if k else []:
         if g.lo is not None and not np.any((seq_ids >= g.lo) & (seq_ids <= g.hi)):
             continue
-        fs, p = _open(g.uri)
+        fs, p = filesystem(g.uri)
         t = pq.ParquetFile(p, filesystem=fs).read_row_group(g.index, columns=columns)
         parts.append(t.filter(pc.is_in(t.column("seq_id"), value_set=pa.array(seq_ids, pa.int64()))))
     rows = {}
@@ -206,8 +207,8 @@ def evaluate_checkpoint(checkpoint: str, folders: Sequence[str], *, max_sequence
     from pathlib import Path
 
     from raylm.checkpoint import CheckpointError
-    from raylm.data.read import InputError
     from raylm.infer.checkpoint import load_model
+    from raylm.storage import InputError
     from raylm.train.objective import batch_transform
 
     try:

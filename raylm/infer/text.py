@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raylm.data.read import InputError
 from raylm.data.tokenizer import load_tokenizer, special_ids
 from raylm.infer.generate import Generation, SamplingConfig, budget, generate
 from raylm.infer.speculative import speculative_greedy
 from raylm.model import Transformer
+from raylm.storage import InputError
 from raylm.train.config import TrainConfig
 
 

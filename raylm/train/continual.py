@@ -222,7 +222,7 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
     """Set the weights of the resolved ``cfg.continual.init_from`` into ``model`` (and the
     optimizer state with ``init_optimizer``; in a WSD branch also this rank's RNG); returns
     where the run begins. Every rank calls it (a collective under FSDP2)."""
-    from raylm.data.loader import position_from_dict
+    from raylm.data.position import position_from_dict
     from raylm.train.checkpoint import load_rng
     from raylm.train.strategy.state import load_model_state, load_optimizer_state
 

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import nn
 
 from raylm.config import ConfigError
-from raylm.data.read import InputError
 from raylm.infer.evaluate import EvalSet, group_names, load_set, loss_sums, metrics, source_name
+from raylm.storage import InputError
 from raylm.train.checkpoint import rng_state, set_rng_state
 from raylm.train.config import TrainConfig
 from raylm.train.objective import batch_transform

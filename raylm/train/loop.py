@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from raylm.config import to_dict
-from raylm.data.loader import TrainBatches, position_from_dict, split_rows
+from raylm.data.loader import TrainBatches, split_rows
 from raylm.data.mixed_loader import MixedBatches
 from raylm.data.mixing import LengthSchedule
+from raylm.data.position import position_from_dict
 from raylm.train import checkpoint, continual
 from raylm.train.config import TrainConfig
 from raylm.train.evaluate import Evaluator

@@ -65,7 +65,7 @@ def check_objective(cfg: TrainConfig, manifests: Manifests) -> None:
     """Driver-side check of the data against the objective: ``fim`` needs FIM'd shards."""
     if cfg.objective != "fim":
         return
-    from raylm.data.read import InputError
+    from raylm.storage import InputError
 
     for key, path in training_folders(cfg).items():
         try:

@@ -28,7 +28,7 @@ from typing import Any
 
 from raylm import storage
 from raylm.config import ConfigError, from_dict, to_dict
-from raylm.data.read import InputError
+from raylm.storage import InputError
 from raylm.train.config import TrainConfig
 
 

@@ -1,10 +1,9 @@
-"""The driver's log of a run whose storage is an object store: ``metrics.jsonl`` and TensorBoard.
+"""``RunLog``: a run's ``metrics.jsonl`` and TensorBoard files in its object-store folder.
 
-With local storage rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` straight into the run
-folder (``raylm.train.metrics.MetricsLog``). With ``s3://...`` storage ``RunLog``, a Ray Train
-callback on the driver side, keeps them: it writes locally, then copies both into
-``<storage>/<name>/`` after every report, so ``tensorboard --logdir s3://...`` follows a run
-from anywhere.
+A Ray Train callback on the driver side that keeps ``metrics.jsonl`` and ``tensorboard/`` of a
+run whose storage is an object store (rank 0 writes them directly into a local run folder):
+it writes locally, then copies both into ``<storage>/<name>/`` after every report, so
+``tensorboard --logdir s3://...`` follows a run from anywhere.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from raylm.data.read import InputError
 from raylm.data.tokenizer import load_tokenizer
 from raylm.infer.generate import SamplingConfig
 from raylm.infer.text import complete, infill
+from raylm.storage import InputError
 from raylm.train.evaluate import EvalContext, EvalHook
 from raylm.train.run import ResolvedRun
 

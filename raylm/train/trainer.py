@@ -22,6 +22,7 @@ from typing import Any
 from raylm import storage
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
+from raylm.train.runlog import RunLog
 
 
 def run_dir(cfg: TrainConfig) -> str | None:
@@ -60,8 +61,6 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
     callbacks = list(callbacks or [])
     if not folder:
-        from raylm.train.runlog import RunLog
-
         callbacks.append(RunLog(fs, path, cfg.name))
     ckpt = cfg.checkpoint
     trainer = TorchTrainer(

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raylm.data.loader import DataPosition, TrainBatches, global_order, make_batch
+from raylm.data.loader import TrainBatches, make_batch
+from raylm.data.position import DataPosition, global_order
 
 N, L, B, W, WINDOW, SEED = 200, 16, 4, 2, 70, 7  # windows of 70, 70, 60: rank blocks span windows
 STEPS_PER_EPOCH = N // (B * W)  # 25
@@ -104,7 +105,7 @@ def test_world_size_change_is_refused(packed_dir):
 
 
 def test_id_map_maps_indices_to_unit_position_ids_and_back():
-    from raylm.data.loader import IdMap
+    from raylm.data.reader import IdMap
 
     m = IdMap(np.array([0, 3, 7]), np.array([2, 3, 1]), shift=32)
     want = [0, 1, 3 << 32, (3 << 32) | 1, (3 << 32) | 2, 7 << 32]

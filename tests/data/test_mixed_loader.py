@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raylm.data.loader import global_order, make_batch, position_from_dict, split_rows
+from raylm.data.loader import make_batch, split_rows
 from raylm.data.mixed_loader import MixedBatches, source_seed
 from raylm.data.mixing import MixConfig, Mixer
+from raylm.data.position import global_order, position_from_dict
 
 L, B, W, WINDOW, SEED = 4, 5, 2, 64, 11
 SIZES = {"web": 300, "code": 120}

@@ -16,8 +16,9 @@ from raylm.data.prepare import PrepareConfig, prepare
 from raylm.data.shards import UNIT_SHIFT, open_token_dataset, read_manifest
 from raylm.data.tokenizer import EOS_ID, TokenizerConfig, load_tokenizer, tokenizer_hash, train_from_iterator
 from raylm.data.transforms import FIMConfig, fim_transform
+from tests.corpora import KONLPY_CORPUS
 
-CORPUS = Path(__file__).parents[2] / ".venv/lib/python3.11/site-packages/konlpy/data/corpus"
+CORPUS = KONLPY_CORPUS
 SEQ_LEN = 64
 
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylm.data.packing import PackConfig, Packer
-from raylm.data.read import InputError
 from raylm.data.shards import UNIT_SHIFT, _pack_unit, open_token_dataset, read_manifest, write_token_shards
+from raylm.storage import InputError
 
 SEQ_LEN = 16
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from raylm.data.tokenizer import (
     tokenizer_hash,
     train_tokenizer,
 )
+from tests.corpora import KONLPY_CORPUS
 
-CORPUS = Path(__file__).parents[2] / ".venv/lib/python3.11/site-packages/konlpy/data/corpus"
+CORPUS = KONLPY_CORPUS
 
 KO_SENTENCES = [
     "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.",
@@ -109,8 +111,10 @@ def test_bpe_special_ids_round_trip_and_report(bpe, texts):
     on_disk = json.loads(Path(f"{prefix}.report.json").read_text(encoding="utf-8"))
     assert on_disk["fertility"] == fert
     assert Path(f"{prefix}.vocab").is_file()
+    # the hash names this model file's bytes: what checkpoints and token shards record
     h = tokenizer_hash(f"{prefix}.model")
-    assert len(h) == 16 and int(h, 16) >= 0 and report["tokenizer_hash"] == h
+    assert h == hashlib.sha256(Path(f"{prefix}.model").read_bytes()).hexdigest()[:16]
+    assert report["tokenizer_hash"] == h
 
 
 def test_unigram_from_jsonl_with_a_sample(ray_session, texts, tmp_path):
