@@ -4,21 +4,23 @@ Below ``raylm.train`` (which writes checkpoints and resumes from them) and ``ray
 evaluates and generates from them): both read the format through this module only. A checkpoint
 is one Ray Train checkpoint folder::
 
-    state.json        rank 0: step, data position, spike-guard state, world size
-    config.json       rank 0: the run's whole TrainConfig as a dict (rebuilds the model alone)
-    rng-rank<r>.pt    every rank: its torch, numpy and Python RNG states
-    model/            DDP and FSDP2: the model's state dict in torch.distributed.checkpoint's
-                      format (DCP): ``.metadata`` and one ``__<r>_0.distcp`` file per rank that
-                      wrote shards, each rank its own (no gather on rank 0)
-    optim/            the optimizer's state dict, the same way
-    zero/             DeepSpeed instead of model/ and optim/: the engine's own checkpoint
+    state.json         rank 0: step, data position, spike-guard state, world size
+    config.json        rank 0: the run's whole TrainConfig as a dict (rebuilds the model alone)
+    rng-rank<r>.pt     every rank: its torch, numpy and Python RNG states
+    model_and_optim/   DDP and FSDP2: ``{"model": ..., "optim": ...}`` state dicts in
+                       torch.distributed.checkpoint's format (DCP): one ``__<r>_0.distcp`` per
+                       rank with that rank's shards (FSDP2's DTensor shards; DDP's replicated
+                       tensors each written once, spread over the ranks) and the ``.metadata``
+                       index rank 0 writes; nothing is gathered on one rank
+    zero/              DeepSpeed instead of model_and_optim/: the engine's own checkpoint
 
 Older checkpoints hold ``model.pt`` and ``optim.pt`` (full state dicts written by rank 0)
-instead of ``model/`` and ``optim/``; they are still read everywhere.
+instead of ``model_and_optim/``; they are still read everywhere.
 
 ``model_state_dict`` is the one function that gives the full (unsharded) model weights of any
-checkpoint in one process: DCP's own offline loading for ``model/``, ``torch.load`` for
-``model.pt``, DeepSpeed's ``zero_to_fp32`` for ``zero/``. ``raylm eval``, ``raylm generate``,
+checkpoint in one process: DCP's own offline loading (``_load_state_dict_from_keys``, no
+process group) of the ``model`` half of ``model_and_optim/``, ``torch.load`` for ``model.pt``,
+DeepSpeed's ``zero_to_fp32`` for ``zero/``. ``raylm eval``, ``raylm generate``,
 ``raylm export`` and a continual run's ``init_from`` all read weights through it.
 """
 
@@ -36,7 +38,7 @@ import torch
 from raylm import storage
 
 STATE, CONFIG = "state.json", "config.json"
-MODEL_DIR, OPTIM_DIR = "model", "optim"
+SHARDS = "model_and_optim"
 MODEL, OPTIM = "model.pt", "optim.pt"  # the full format of older checkpoints
 DS_TAG = "zero"
 DCP_METADATA = ".metadata"
@@ -58,7 +60,7 @@ def _kind_in(fs: pafs.FileSystem, path: str) -> Kind | None:
 
     if kind(f"{path}/{STATE}") != pafs.FileType.File:
         return None
-    if kind(f"{path}/{MODEL_DIR}/{DCP_METADATA}") == pafs.FileType.File:
+    if kind(f"{path}/{SHARDS}/{DCP_METADATA}") == pafs.FileType.File:
         return "sharded"
     if kind(f"{path}/{MODEL}") == pafs.FileType.File:
         return "full"
@@ -68,11 +70,11 @@ def _kind_in(fs: pafs.FileSystem, path: str) -> Kind | None:
 
 
 def checkpoint_kind(folder: str | os.PathLike) -> Kind:
-    """The format of the local checkpoint ``folder``: "sharded" (DCP ``model/``), "full"
-    (``model.pt``) or "deepspeed" (``zero/``)."""
+    """The format of the local checkpoint ``folder``: "sharded" (DCP ``model_and_optim/``),
+    "full" (``model.pt``) or "deepspeed" (``zero/``)."""
     kind = _kind_in(pafs.LocalFileSystem(), os.path.abspath(folder))
     if kind is None:
-        raise CheckpointError(f"{folder}: not a checkpoint folder (no {STATE} with {MODEL_DIR}/, {MODEL} or {DS_TAG}/)")
+        raise CheckpointError(f"{folder}: not a checkpoint folder (no {STATE} with {SHARDS}/, {MODEL} or {DS_TAG}/)")
     return kind
 
 
@@ -92,7 +94,7 @@ def find_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> str
             with fs.open_input_stream(f"{info.path}/{STATE}") as f:
                 found.append((json.loads(f.read())["step"], info.base_name))
     if not found:
-        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE} with {MODEL_DIR}/, {MODEL} or "
+        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE} with {SHARDS}/, {MODEL} or "
                               f"{DS_TAG}/) and no checkpoint inside it")
     return f"{given}/{max(found)[1]}"
 
@@ -117,13 +119,13 @@ def read_config(folder: str | os.PathLike) -> tuple[dict[str, Any], str]:
     raise CheckpointError(f"{folder}: no {CONFIG} in the checkpoint or its run folder")
 
 
-def _dcp_read(folder: Path) -> dict[str, Any]:
-    """A whole DCP checkpoint folder into this process (no process group needed)."""
+def _dcp_read(folder: Path, key: str) -> dict[str, Any]:
+    """The ``key`` half ("model" or "optim") of a DCP checkpoint folder, whole, into this process."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     with warnings.catch_warnings():  # "no process group: loading into this process", which is the intent
         warnings.simplefilter("ignore", UserWarning)
-        return _load_state_dict_from_keys(checkpoint_id=str(folder))
+        return _load_state_dict_from_keys({key}, checkpoint_id=str(folder / SHARDS))[key]
 
 
 def model_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -132,7 +134,7 @@ def model_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     kind = checkpoint_kind(folder)
     if kind == "sharded":
-        return _dcp_read(folder / MODEL_DIR)
+        return _dcp_read(folder, "model")
     if kind == "full":
         return torch.load(folder / MODEL, map_location="cpu", weights_only=True)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -150,4 +152,4 @@ def optimizer_state_dict(folder: str | os.PathLike) -> dict[str, Any]:
         return torch.load(folder / OPTIM, map_location="cpu", weights_only=True)
     if kind == "deepspeed":
         raise CheckpointError(f"{folder}: a DeepSpeed checkpoint's optimizer state is partitioned by ZeRO")
-    return _dcp_read(folder / OPTIM_DIR)
+    return _dcp_read(folder, "optim")

@@ -17,9 +17,10 @@ training config gives it in optimizer steps and converts). A source is up-sample
 with a warning) when the mix needs more of it than it holds, up to ``max_epochs``.
 
 Resume: ``MixPosition`` holds the Mixer's state (its step, credits, and the epoch and position
-reached in every source) with the seed, world size, batch size, window and source sizes it
-was made with. It is global (rank 0 saves it); restoring it on every rank continues with
-exactly the sequences an uninterrupted run would have seen next.
+reached in every source) with the seed, world size, batch size, accumulation, window and source
+sizes it was made with. It is global (rank 0 saves it); restoring it on every rank continues
+with exactly the sequences an uninterrupted run would have seen next, also at another number
+of workers with the same sequences per optimizer step (``MixPosition.resume_as``).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class MixedBatches:
         *,
         window: int = 4096,
         read_batch_size: int = 256,
+        grad_accum: int = 1,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= world_rank < world_size:
             raise ValueError(f"bad batch_size={batch_size}, world_rank={world_rank}, world_size={world_size}")
@@ -145,10 +147,9 @@ class MixedBatches:
         sizes = {name: s.size for name, s in self._streams.items()}
         self.mixer = Mixer(mix, sizes)
         now = MixPosition(mixer=self.mixer.state_dict(), sizes=sizes, seed=seed, world_size=world_size,
-                          batch_size=batch_size, window=window)
+                          batch_size=batch_size, window=window, grad_accum=grad_accum)
         if position is not None:
-            position.check_compatible(now)
-            self.mixer.load_state_dict(position.mixer)
+            self.mixer.load_state_dict(position.resume_as(now).mixer)
             now = dataclasses.replace(now, mixer=self.mixer.state_dict())
         self.position = now
         self.rank = world_rank

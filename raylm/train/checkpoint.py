@@ -1,13 +1,21 @@
 """A run's checkpoints on the ranks: everything an exact resume needs, in one Ray Train checkpoint.
 
-The folder's layout is ``raylm.checkpoint``'s. Here every rank writes its part into its own
-temporary folder: the strategy writes the model and optimizer state (``Strategy.save``), rank 0
-``state.json`` (step, data position, spike guard, world size) and ``config.json``, every rank
-its RNG states; each rank passes its folder to ``ray.train.report(checkpoint=...)`` and Ray
-Train gathers the ranks' files into one checkpoint in the run's storage.
+The folder's layout is ``raylm.checkpoint``'s. Every rank writes its part into a temporary
+folder of its own: the strategy its shards of the model and optimizer state
+(``Strategy.save``: DCP's ``__<rank>_0.distcp``, rank 0 also the ``.metadata``; DeepSpeed its
+ZeRO partition), rank 0 ``state.json`` (step, data position, spike guard, world size) and
+``config.json``, every rank its RNG states. Each rank reports its folder
+(``ray.train.report(checkpoint=...)``) under the checkpoint name Ray Train agrees on for all
+ranks, and Ray Train copies every rank's files into that one folder of the run's storage: the
+files have per-rank names, so the folders merge into one checkpoint (``Checkpointer``). With
+``checkpoint.async_save`` the shards are written in the background and the copy waits for them
+in Ray Train's upload thread (``ray.train.report(checkpoint_upload_mode=ASYNC)``), so training
+goes on meanwhile. The local folders are deleted once copied.
 
-This rank's latest folder stays on local disk (``LocalCheckpoints``) for the spike guard's
-rollback.
+Restoring (``load``) reads the checkpoint as every rank sees it in storage: the strategy
+re-shards the state for the world size of this run, and the RNG states come back when the
+world size is the one they were saved at (each rank's own stream; at another size every rank
+keeps this run's seeding).
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -56,40 +65,73 @@ def _write_json(folder: str, name: str, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2)
 
 
-def save(folder: str, strategy: Strategy, state: dict[str, Any], rank: int,
-         config: dict[str, Any] | None = None) -> None:
+def save(folder: str, strategy: Strategy, state: dict[str, Any], rank: int, config: dict[str, Any] | None = None,
+         async_save: bool = False) -> Future | None:
     """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls
-    it); ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``."""
+    it); ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``. With
+    ``async_save`` the shards are still being written when it returns: the future says when
+    they are."""
     os.makedirs(folder, exist_ok=True)
-    strategy.save(folder, rank)
+    pending = strategy.save(folder, async_save=async_save)
     if rank == 0:
         _write_json(folder, STATE, state)
         if config is not None:
             _write_json(folder, CONFIG, config)
     torch.save(rng_state(), os.path.join(folder, rng_file(rank)))
+    return pending
 
 
-def load(folder: str, strategy: Strategy, rank: int, from_rank0: bool = False) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``.
+def load(folder: str, strategy: Strategy, rank: int, world: int) -> dict[str, Any]:
+    """Restore model, optimizer (and, at the world size they were saved at, this rank's RNG
+    states) from ``folder``; returns its ``state.json``."""
+    strategy.load(folder)
+    state = read_state(folder)
+    if state.get("world_size", world) == world:  # older checkpoints: their rng files say
+        load_rng(folder, rank)
+    return state
 
-    ``from_rank0``: only rank 0 has the files (a rank's local copy of its own checkpoint, for a
-    rollback); rank 0 reads them and broadcasts, the other ranks get ``{}`` back."""
-    strategy.load(folder, rank, from_rank0=from_rank0)
-    load_rng(folder, rank)  # absent when the world size changed: keep this run's seeding
-    return read_state(folder) if rank == 0 or not from_rank0 else {}
 
+class Checkpointer:
+    """This rank's side of saving checkpoints through Ray Train, and the latest one saved (for
+    the spike guard's rollback): see the module docstring."""
 
-class LocalCheckpoints:
-    """This rank's latest checkpoint folder stays on local disk (for rollbacks); older go."""
+    def __init__(self, name: str, rank: int, async_save: bool, restored: Any = None) -> None:
+        self.name, self.rank, self.async_save = name, rank, async_save
+        self.latest = restored
+        """The latest checkpoint in storage (a ``ray.train.Checkpoint``): the one this run
+        restored from, then every one it saved, once all its files are there."""
+        self._uploaded = threading.Event()
+        self._uploaded.set()
 
-    def __init__(self, name: str, rank: int) -> None:
-        self.root = os.path.join(tempfile.gettempdir(), "raylm-ckpt", f"{name}-{os.getpid()}", f"rank{rank}")
-        self.latest: str | None = None
+    def report(self, metrics: dict[str, Any], strategy: Strategy | None = None, state: dict[str, Any] | None = None,
+               config: dict[str, Any] | None = None) -> None:
+        """``ray.train.report(metrics)``, with a checkpoint of ``strategy`` when ``state`` is
+        given. Every rank calls it at the same steps."""
+        import ray.train
+        from ray.train import CheckpointUploadMode
 
-    def new(self, step: int) -> str:
-        return os.path.join(self.root, f"step-{step:08d}")
+        mode = CheckpointUploadMode.ASYNC if self.async_save else CheckpointUploadMode.SYNC
+        if state is None:  # asynchronous like the checkpoints: reports keep their order, no one waits
+            ray.train.report(metrics, checkpoint_upload_mode=mode)
+            return
+        self._uploaded.wait()  # the last checkpoint first (its shards hold the staged state)
+        self._uploaded.clear()
+        folder = tempfile.mkdtemp(prefix=f"raylm-ckpt-{self.name}-rank{self.rank}-")
+        pending = save(folder, strategy, state, self.rank, config=config, async_save=self.async_save)
+        storage = ray.train.get_context().get_storage()
 
-    def keep(self, folder: str) -> None:
-        if self.latest and self.latest != folder:
-            shutil.rmtree(self.latest, ignore_errors=True)
-        self.latest = folder
+        def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            try:
+                if pending is not None:
+                    pending.result()  # this rank's shards are written
+                self.latest = storage.persist_current_checkpoint(checkpoint, dir_name)
+                return self.latest
+            finally:
+                self._uploaded.set()
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_upload_mode=mode,
+                         checkpoint_upload_fn=upload, delete_local_checkpoint_after_upload=True)
+
+    def wait(self) -> None:
+        """Until this rank's last checkpoint is in storage."""
+        self._uploaded.wait()

@@ -72,6 +72,11 @@ class CheckpointConfig:
     score: str | None = None
     """Keep the best ``keep`` by this reported metric (e.g. ``loss``) instead of the latest."""
     score_order: Literal["min", "max"] = "min"
+    async_save: bool = False
+    """Write the model and optimizer shards in a background thread (``dcp.async_save``) while
+    training goes on: the step that saves waits only for a copy of its state in CPU memory, and
+    the checkpoint counts (for a resume, a rollback, ``keep``) once every rank's files are in
+    storage; the next save waits for the last. DDP and FSDP2 (DeepSpeed saves its own way)."""
 
     def validate(self) -> None:
         if self.every < 0 or self.keep < 1:
@@ -218,8 +223,15 @@ class DeepSpeedConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ScaleConfig:
-    num_workers: int = 2
-    """Ray Train workers (one per GPU on GPU nodes)."""
+    num_workers: int | tuple[int, int] = 2
+    """Ray Train workers (one per GPU on GPU nodes). ``[min, max]``: an elastic run (Ray Train's
+    ``ScalingConfig(num_workers=(min, max))``): it starts with as many workers as the cluster
+    has room for, up to ``max``, restarts from its latest checkpoint with fewer when a node is
+    lost (down to ``min``) and with more when nodes join (checked every ``resize_interval_s``),
+    keeping ``global_batch`` and the data order; ddp or fsdp2 without tensor parallelism."""
+    resize_interval_s: float = 60.0
+    """Elastic runs: how often Ray Train looks for room for more workers while the run is
+    healthy (each resize restarts the workers from the latest checkpoint)."""
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     """Logical CPUs each worker holds; fractions leave room for Ray Data on small nodes."""
@@ -257,19 +269,37 @@ class ScaleConfig:
         return ("full" if ac else "none") if isinstance(ac, bool) else ac
 
     @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
     def data_parallel(self) -> int:
-        """Ranks that read different batches (``num_workers / tensor_parallel``)."""
-        return self.num_workers // self.tensor_parallel
+        """Ranks that read different batches (``num_workers / tensor_parallel``; an elastic run's
+        most)."""
+        return self.max_workers // self.tensor_parallel
 
     def validate(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker <= 0:
-            raise ConfigError(f"scale.num_workers ({self.num_workers}) must be >= 1 and "
-                              f"scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"scale.checkpoint_every: {self.checkpoint_every} must be >= 1")
-        if self.tensor_parallel < 1 or self.num_workers % self.tensor_parallel:
+        if not 1 <= self.min_workers <= self.max_workers or self.cpus_per_worker <= 0:
+            raise ConfigError(f"scale.num_workers ({list(self.num_workers) if self.elastic else self.num_workers}) "
+                              f"must be >= 1 (and min <= max) and scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+        if self.checkpoint_every < 1 or self.resize_interval_s < 0:
+            raise ConfigError(f"scale.checkpoint_every ({self.checkpoint_every}) must be >= 1 and "
+                              f"scale.resize_interval_s ({self.resize_interval_s}) >= 0")
+        if self.tensor_parallel < 1 or self.max_workers % self.tensor_parallel:
             raise ConfigError(f"scale.tensor_parallel: {self.tensor_parallel} must be >= 1 and divide "
                               f"scale.num_workers ({self.num_workers})")
+        if self.elastic and (self.tensor_parallel > 1 or self.strategy == "deepspeed"):
+            raise ConfigError(f"scale.num_workers {list(self.num_workers)}: an elastic run is ddp or fsdp2 without "
+                              "tensor parallelism (DeepSpeed's checkpoints and a tensor-parallel mesh are made for "
+                              "one world size)")
         if self.tensor_parallel > 1 and self.strategy != "fsdp2":
             raise ConfigError("scale.tensor_parallel > 1 composes with scale.strategy fsdp2 only "
                               f"(got {self.strategy})")
@@ -305,6 +335,13 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * data-parallel
     ranks (``num_workers / scale.tensor_parallel``)."""
+    global_batch: int | None = None
+    """Sequences per optimizer step, all workers together; each worker then accumulates
+    ``global_batch / (micro_batch_size * data-parallel ranks)`` micro-batches at whatever number
+    of workers it runs with (leave ``grad_accum`` at 1). Required by an elastic run
+    (``scale.num_workers: [min, max]``); set it to resume a run on another number of workers
+    with the same global batch and data order. None: ``micro_batch_size * grad_accum *
+    data-parallel ranks``."""
     clip_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
     seed: int = 0
@@ -337,6 +374,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ConfigError("steps, micro_batch_size, grad_accum and log_every must be >= 1")
+        self._validate_batch()
         if self.storage_endpoint and not self.storage_endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"storage_endpoint: {self.storage_endpoint!r} must be an http:// or https:// URL")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -354,6 +392,9 @@ class TrainConfig:
                                   "scale.strategy deepspeed")
             if self.optim.name != "adamw":
                 raise ConfigError(f"optim.name: {self.optim.name!r}: raylm's DeepSpeed strategy runs adamw only")
+            if self.checkpoint.async_save:
+                raise ConfigError("checkpoint.async_save: DeepSpeed writes its own checkpoints (zero/), synchronously; "
+                                  "async saves are for ddp and fsdp2")
         self._validate_objective()
         c = self.continual
         if c.init_from and self.scale.strategy == "deepspeed" and (c.init_optimizer or c.decay_steps):
@@ -362,6 +403,28 @@ class TrainConfig:
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")
+
+    def _validate_batch(self) -> None:
+        sc = self.scale
+        if self.global_batch is None:
+            if sc.elastic:
+                raise ConfigError(f"scale.num_workers {list(sc.num_workers)}: an elastic run keeps its global batch "
+                                  "as workers come and go; set global_batch (sequences per optimizer step)")
+            return
+        if self.grad_accum != 1:
+            raise ConfigError(f"grad_accum: {self.grad_accum}: with global_batch the workers compute it; leave it at 1")
+        sizes = range(sc.min_workers, sc.max_workers + 1) if sc.elastic else [sc.num_workers]
+        bad = [w for w in sizes if w % sc.tensor_parallel == 0
+               and self.global_batch % (self.micro_batch_size * (w // sc.tensor_parallel))]
+        if bad:
+            raise ConfigError(f"global_batch: {self.global_batch} is not a multiple of micro_batch_size "
+                              f"({self.micro_batch_size}) x the data-parallel ranks at {bad} workers")
+
+    def grad_accum_at(self, world: int) -> int:
+        """Micro-batches per optimizer step for each of ``world`` workers."""
+        if self.global_batch is None:
+            return self.grad_accum
+        return self.global_batch // (self.micro_batch_size * (world // self.scale.tensor_parallel))
 
     def _validate_objective(self) -> None:
         if self.objective == "mlm":
@@ -385,6 +448,9 @@ class TrainConfig:
 
     @property
     def global_batch_size(self) -> int:
+        """Sequences per optimizer step, all workers together."""
+        if self.global_batch is not None:
+            return self.global_batch
         return self.micro_batch_size * self.grad_accum * self.scale.data_parallel
 
 

@@ -18,9 +18,10 @@ Two halves:
   config; resolving it again changes nothing.
 * ``load_init`` (every worker, in ``raylm.train.loop``): only when Ray Train has no checkpoint
   of this run to restore, so a preempted continual run resumes from its own latest
-  checkpoint, never from ``init_from`` again. The full state dicts are set into the model as
-  it is parallelised now (DDP, FSDP2, tensor parallel), as a resume does; under DeepSpeed they
-  are set before ``deepspeed.initialize``, which partitions them.
+  checkpoint, never from ``init_from`` again. The state is loaded as a resume loads it
+  (``raylm.train.strategy.state.load_state``: re-sharded for the model as it is parallelised
+  now, DDP, FSDP2, tensor parallel, from any world size); under DeepSpeed the weights are set
+  before ``deepspeed.initialize``, which partitions them.
 """
 
 from __future__ import annotations
@@ -149,11 +150,10 @@ def _branch(cfg: TrainConfig, old: TrainConfig, step: int, where: str) -> TrainC
     schedule = dataclasses.replace(cfg.optim.schedule, warmup_steps=sched.warmup_steps, total_steps=step + n,
                                    decay_fraction=n / (step + n))
     out = dataclasses.replace(cfg, steps=step + n, optim=dataclasses.replace(cfg.optim, schedule=schedule))
-    if same_data(out, old) and (cfg.micro_batch_size, cfg.scale.data_parallel) != (
-            old.micro_batch_size, old.scale.data_parallel):  # after replay, as the workers will see it
+    if same_data(out, old) and cfg.global_batch_size != old.global_batch_size:  # after replay, as the workers see it
         raise ConfigError(f"continual.decay_steps: a branch on its run's own data goes on from its data position, "
-                          f"which needs the same micro_batch_size ({old.micro_batch_size}) and data-parallel "
-                          f"ranks ({old.scale.data_parallel}) as {where}'s run")
+                          f"which needs the global batch ({old.global_batch_size} sequences per step) of {where}'s "
+                          "run (set global_batch to it)")
     return out
 
 
@@ -224,16 +224,14 @@ def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimiz
     where the run begins. Every rank calls it (a collective under FSDP2)."""
     from raylm.data.position import position_from_dict
     from raylm.train.checkpoint import load_rng
-    from raylm.train.strategy.state import load_model_state, load_optimizer_state
+    from raylm.train.strategy.state import load_state
 
     c = cfg.continual
     folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per machine
-    load_model_state(model, folder)
-    if c.init_optimizer:
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        load_optimizer_state(model, optimizer, folder)
-        for group, h in zip(optimizer.param_groups, hyper):  # the moments are the old run's, the settings ours
-            group.update(h)
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    load_state(folder, model, optimizer if c.init_optimizer else None)
+    for group, h in zip(optimizer.param_groups, hyper):  # the moments are the old run's, the settings ours
+        group.update(h)
     if not c.decay_steps:
         return Start(step=0)
     state = read_state(folder)

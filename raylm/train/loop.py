@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from raylm.config import to_dict
 from raylm.data.loader import TrainBatches, split_rows
@@ -93,10 +94,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if run_dir and rank == 0:
         with open(os.path.join(run_dir, "meta.json"), "w") as f:
             json.dump(strategy.metadata(world), f, indent=2)
-    loop = Loop(run, module, rank, world, run_dir)
+    loop = Loop(run, module, rank, world, run_dir, restored)
     if restored is not None:
         with restored.as_directory() as folder:
-            loop.restore(checkpoint.load(folder, strategy, rank))
+            loop.restore(checkpoint.load(folder, strategy, rank, world))
     elif start is not None:
         loop.begin(start)
     loop.run(evaluate_first=restored is None)
@@ -105,16 +106,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class Loop:
     """The steps of one worker after its start or resume (see the module docstring)."""
 
-    def __init__(self, run: ResolvedRun, module: TrainModule, rank: int, world: int, run_dir: str | None) -> None:
+    def __init__(self, run: ResolvedRun, module: TrainModule, rank: int, world: int, run_dir: str | None,
+                 restored: Any = None) -> None:
         self.resolved, self.cfg, self.module, self.rank, self.world, self.run_dir = run, run.cfg, module, rank, world, run_dir
         cfg = run.cfg
         self.config = to_dict(run.cfg)  # every checkpoint's config.json
         self.device = module.device
         self.guard = SpikeGuard(cfg.spike_guard)
         self.step, self.position, self.eval_start = 0, None, None  # eval_start: forgetting's baseline
-        self.local = checkpoint.LocalCheckpoints(cfg.name, rank)
+        self.checkpoints = checkpoint.Checkpointer(cfg.name, rank, cfg.checkpoint.async_save, restored)
         self.log = MetricsLog(run_dir if rank == 0 else None)
         self.rollbacks = 0
+        self.accum = cfg.grad_accum_at(world)  # the same global batch at any number of workers
         self.flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
         self.peak = peak_tflops(self.device, cfg.peak_tflops)
 
@@ -138,9 +141,10 @@ class Loop:
         rank, world = self.rank // tp, self.world // tp
         if d.sources:
             return MixedBatches(d.sources, d.mix_in_sequences(cfg.global_batch_size), cfg.micro_batch_size, rank,
-                                world, self.position, seed=d.seed, prefetch=d.prefetch, window=d.window)
+                                world, self.position, seed=d.seed, prefetch=d.prefetch, window=d.window,
+                                grad_accum=self.accum)
         return TrainBatches(d.path, cfg.micro_batch_size, rank, world, self.position, seed=d.seed,
-                            prefetch=d.prefetch, window=d.window)
+                            prefetch=d.prefetch, window=d.window, grad_accum=self.accum)
 
     def run(self, evaluate_first: bool) -> None:
         cfg = self.cfg
@@ -164,7 +168,7 @@ class Loop:
                 self._report(first, loader, with_checkpoint=False)
                 window.restart()
             while self.step < cfg.steps:
-                micro = [next(loader) for _ in range(cfg.grad_accum)]
+                micro = [next(loader) for _ in range(self.accum)]
                 if seq_log is not None:
                     seq_log.write(json.dumps({"step": self.step + 1, "pid": os.getpid(),
                                               "seq_ids": [int(i) for b in micro for i in b["seq_id"]]}) + "\n")
@@ -179,12 +183,8 @@ class Loop:
                 _maybe_fail(cfg, self.step, self.rank, self.world, self.run_dir)
                 action = self.guard.check(self.step, result.loss, result.grad_norm)
                 self.module.optimizer_step(result, apply=action == "ok")
-                if action == "rollback" and self.local.latest is not None:
-                    # the weights and optimizer go back; the data and the step count go on past
-                    # the spike (as PaLM did), so a run that keeps spiking still ends
-                    with torch.no_grad():
-                        checkpoint.load(self.local.latest, self.module.strategy, self.rank, from_rank0=True)
-                    self.rollbacks += 1
+                if action == "rollback":
+                    self._rollback()
                 window.tokens += cfg.global_batch_size * seq_len
                 last = self.step >= cfg.steps
                 ckpt_now = last or bool(cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0)
@@ -229,18 +229,27 @@ class Loop:
         return metrics
 
     def _report(self, metrics: dict[str, Any], loader: Any, with_checkpoint: bool) -> None:
-        import ray.train
-
         if not with_checkpoint:
-            ray.train.report(metrics)
+            self.checkpoints.report(metrics)
             return
-        folder = self.local.new(self.step)
-        state = {"step": self.step, "data": loader.position.state_dict(), "spike_guard": self.guard.state_dict()}
+        state = {"step": self.step, "data": loader.position.state_dict(), "spike_guard": self.guard.state_dict(),
+                 "world_size": self.world}
         if self.eval_start is not None:
             state["eval_start"] = self.eval_start
-        checkpoint.save(folder, self.module.strategy, state, self.rank, config=self.config)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        self.local.keep(folder)
+        self.checkpoints.report(metrics, self.module.strategy, state, config=self.config)
+
+    def _rollback(self) -> None:
+        """The weights and optimizer go back to the latest checkpoint in storage; the data and
+        the step count go on past the spike (as PaLM did), so a run that keeps spiking still ends."""
+        self.checkpoints.wait()
+        if dist.is_initialized():
+            dist.barrier()  # every rank's files are in storage
+        latest = self.checkpoints.latest
+        if latest is None:  # none yet
+            return
+        with torch.no_grad(), latest.as_directory() as folder:
+            checkpoint.load(folder, self.module.strategy, self.rank, self.world)
+        self.rollbacks += 1
 
 
 class _Window:

@@ -68,7 +68,8 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
         train_loop_config={"run": run.to_dict(), "run_dir": folder},
         torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
+                                     resources_per_worker=worker_resources(cfg),
+                                     elastic_resize_monitor_interval_s=cfg.scale.resize_interval_s),
         run_config=RunConfig(
             name=cfg.name, storage_path=path, storage_filesystem=fs if folder is None else None,
             checkpoint_config=CheckpointConfig(num_to_keep=ckpt.keep, checkpoint_score_attribute=ckpt.score,

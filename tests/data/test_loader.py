@@ -104,6 +104,31 @@ def test_world_size_change_is_refused(packed_dir):
         TrainBatches(packed_dir, B, 0, 2, pos, seed=SEED + 1, window=WINDOW)
 
 
+def steps_of(data, world: int, batch: int, accum: int, position: DataPosition | None, steps: int) -> list[set]:
+    """The sequences of each of ``steps`` optimizer steps at a split (world x batch x accum), all ranks."""
+    out = [set() for _ in range(steps)]
+    for rank in range(world):
+        with TrainBatches(data, batch, rank, world, position, seed=SEED, prefetch=0, window=WINDOW,
+                          num_sequences=N, grad_accum=accum) as it:
+            for s in range(steps):
+                for _ in range(accum):
+                    out[s] |= set(next(it)["seq_id"].tolist())
+    return out
+
+
+def test_a_position_resumes_on_another_number_of_workers(packed_dir):
+    """Saved by 2 workers x 4 sequences (8 per step) in epoch 0, resumed by 1 x 4 x 2 micro-batches,
+    4 x 2 and 4 x 1 x 2: every step trains on the sequences the 2 workers would have, and the
+    epoch rolls over after the same step (N = 200: 25 steps of 8, the same tail skipped)."""
+    k = 20
+    whole = steps_of(packed_dir, W, B, 1, None, 30)
+    saved = take(packed_dir, 0, k)[1]
+    for world, batch, accum in ((1, B, 2), (4, 2, 1), (4, 1, 2)):
+        assert steps_of(packed_dir, world, batch, accum, saved, 10) == whole[k:]
+    with pytest.raises(ValueError, match="set global_batch: 8"):
+        TrainBatches(packed_dir, B, 0, 1, saved, seed=SEED, window=WINDOW)  # 4 per step
+
+
 def test_id_map_maps_indices_to_unit_position_ids_and_back():
     from raylm.data.reader import IdMap
 

@@ -42,7 +42,7 @@ def test_metrics_checkpoints_and_tensorboard(reference_runs):
     with result.checkpoint.as_directory() as folder:
         names = sorted(p.name for p in Path(folder).iterdir())
         state = json.loads((Path(folder) / "state.json").read_text())
-    assert {"model.pt", "optim.pt", "state.json", "rng-rank0.pt", "rng-rank1.pt"} <= set(names)
+    assert {"model_and_optim", "state.json", "config.json", "rng-rank0.pt", "rng-rank1.pt"} <= set(names)
     assert state["step"] == STEPS and state["data"]["consumed"] == STEPS * 8
     assert list((Path(run_dir(train_config(d))) / "tensorboard").glob("events.out.tfevents.*"))
 

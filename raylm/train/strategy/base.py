@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any, ClassVar
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from raylm.optim.optimizers import apply_lr
 from raylm.train.config import TrainConfig
 from raylm.train.parallel import checkpointed_modules, clip_grad_norm, prepare, unwrap
-from raylm.train.strategy.state import load_model_state, load_optimizer_state, save_state
+from raylm.train.strategy.state import load_state, save_state
 
 
 class Strategy:
@@ -41,6 +42,7 @@ class Strategy:
         """The model as the strategy runs it (wrapped): what the forward pass calls."""
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self._async_group: dist.ProcessGroup | None = None
 
     # -- building -------------------------------------------------------------------------------
 
@@ -73,6 +75,7 @@ class Strategy:
             "activation_checkpointing": sc.checkpoint_mode,
             "checkpointed_modules": checkpointed_modules(self.module, sc.checkpoint_mode, sc.checkpoint_every),
             "num_params": cfg.model.num_params(), "global_batch_size": cfg.global_batch_size,
+            "grad_accum": cfg.grad_accum_at(world),
             "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS to the worker's CPUs
         }
 
@@ -106,13 +109,16 @@ class Strategy:
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def save(self, folder: str, rank: int) -> None:
-        """Write the model and optimizer state into ``folder`` (a collective: every rank calls it)."""
-        save_state(folder, self.model, self.optimizer, rank)
+    def save(self, folder: str, async_save: bool = False) -> Future | None:
+        """Write this rank's shards of the model and optimizer state into ``folder`` (a
+        collective: every rank calls it). ``async_save``: in a background thread, over a gloo
+        group of the strategy's own (made at the first such save); the future ends when the
+        files are written."""
+        if async_save and self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        return save_state(folder, self.model, self.optimizer, async_save=async_save, group=self._async_group)
 
-    def load(self, folder: str, rank: int, *, optimizer: bool = True, from_rank0: bool = False) -> None:
-        """Set the model (and the optimizer) state of checkpoint ``folder``, sharded as the model
-        is parallelised now. ``from_rank0``: only rank 0 has the files, and broadcasts them."""
-        load_model_state(self.model, folder, from_rank0=from_rank0, rank=rank)
-        if optimizer:
-            load_optimizer_state(self.model, self.optimizer, folder, from_rank0=from_rank0, rank=rank)
+    def load(self, folder: str, optimizer: bool = True) -> None:
+        """Set the model (and the optimizer) state of checkpoint ``folder``, re-sharded for the
+        model as it is parallelised now, whatever world size saved it."""
+        load_state(folder, self.model, self.optimizer if optimizer else None)

@@ -55,7 +55,7 @@ def ds_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scale.use_gpu}
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_accumulation_steps": cfg.grad_accum_at(cfg.scale.max_workers),
         "gradient_clipping": cfg.clip_grad_norm or 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # raylm's AdamW with its parameter groups
@@ -119,15 +119,13 @@ class DeepSpeed(Strategy):
     def step(self, apply: bool, lr_multiplier: float) -> None:
         pass  # done in ``grad_norm``
 
-    def save(self, folder: str, rank: int) -> None:
-        self.model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
+    def save(self, folder: str, async_save: bool = False) -> None:
+        self.model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)  # async_save: ddp/fsdp2 only
 
-    def load(self, folder: str, rank: int, *, optimizer: bool = True, from_rank0: bool = False) -> None:
+    def load(self, folder: str, optimizer: bool = True) -> None:
         if not _is_engine(self.model):  # before ``setup``: weights into the plain model
-            super().load(folder, rank, optimizer=False)
+            super().load(folder, optimizer=False)
             return
-        if from_rank0:
-            raise ValueError("a DeepSpeed engine restores from a full checkpoint folder, not rank 0's copy")
         self.model.load_checkpoint(str(Path(folder)), tag=DS_TAG, load_lr_scheduler_states=False,
                                    load_optimizer_states=optimizer)
 

@@ -1,62 +1,84 @@
-"""The model and optimizer state of a DDP or FSDP2 run in a checkpoint folder.
+"""The model and optimizer state of a DDP or FSDP2 run in a checkpoint folder: sharded, with
+``torch.distributed.checkpoint`` (DCP).
 
-Saving gathers full (unsharded) state dicts to rank 0 through
-``torch.distributed.checkpoint.state_dict`` (the same call serves DDP, FSDP2 and one process)
-and rank 0 writes ``model.pt`` and ``optim.pt``; loading reads them on every rank and
-``set_*_state_dict`` shards them again as the model is parallelised now. The model's weights
-load from any kind of checkpoint (``raylm.checkpoint.model_state_dict``), so a continual run
-starts from a DeepSpeed run's weights as well.
+Saving: every rank takes its own part of the state (``get_model_state_dict`` /
+``get_optimizer_state_dict`` without ``full_state_dict``: FSDP2's DTensor shards, or DDP's
+replicated tensors, which DCP writes once, spread over the ranks) and ``dcp.save`` writes it as
+``__<rank>_0.distcp`` in ``model_and_optim/``, rank 0 adding the ``.metadata`` index; nothing is
+gathered on one rank. ``async_save``: ``dcp.async_save`` copies the state to CPU memory (the
+only time the training thread waits) and writes the files in a background thread, which
+coordinates the ranks over a process group of its own (gloo), apart from training's
+collectives; the returned future ends when the files are written.
+
+Loading re-shards: each rank asks DCP for the parts of the tensors it holds now, whatever the
+world size and strategy the checkpoint was saved with (N ranks -> M, DDP <-> FSDP2), then
+``set_*_state_dict`` puts them into the model and optimizer. The weights also load from the
+full format of older checkpoints and from DeepSpeed ones (``raylm.checkpoint.model_state_dict``),
+so a continual run starts from any run's weights.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from raylm.checkpoint import MODEL, OPTIM, checkpoint_kind, model_state_dict
+from raylm.checkpoint import OPTIM, SHARDS, checkpoint_kind, model_state_dict
 
 
-def _full(**kw: Any):
+def _options(**kw: Any):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, **kw)
+    return StateDictOptions(**kw)
 
 
-def save_state(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
-    """Write the model and optimizer state into ``folder`` (a collective: every rank calls it)."""
+def save_state(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+               async_save: bool = False, group: dist.ProcessGroup | None = None) -> Future | None:
+    """Write this rank's shards of the model and optimizer state into ``folder/model_and_optim``
+    (a collective: every rank calls it). ``async_save``: the files are written in a background
+    thread that talks to the other ranks over ``group`` (a gloo group apart from training's;
+    None outside a process group), and the future returned ends when they are."""
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    model_sd = get_model_state_dict(model, options=_full(cpu_offload=True))
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=_full(cpu_offload=True))
-    if rank == 0:
-        torch.save(model_sd, os.path.join(folder, MODEL))
-        torch.save(optim_sd, os.path.join(folder, OPTIM))
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    path = str(Path(folder) / SHARDS)
+    if async_save:
+        return dcp.async_save(state, checkpoint_id=path, process_group=group)
+    dcp.save(state, checkpoint_id=path)
+    return None
 
 
-def load_model_state(model: nn.Module, folder: str | os.PathLike, *, from_rank0: bool = False,
-                     rank: int = 0) -> None:
-    """Set the weights of checkpoint ``folder`` (any kind) into ``model`` as it is parallelised
-    now. ``from_rank0``: only rank 0 has the files and broadcasts them."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+def load_state(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Set the weights (and with ``optimizer`` its state) of checkpoint ``folder`` into ``model``
+    as it is parallelised now (a collective under a process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
-    has_files = rank == 0 or not from_rank0
-    options = _full(broadcast_from_rank0=True) if from_rank0 else _full()
-    set_model_state_dict(model, model_state_dict(folder) if has_files else {}, options=options)
-
-
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str | os.PathLike, *,
-                         from_rank0: bool = False, rank: int = 0) -> None:
-    """Set the optimizer state of the DDP/FSDP2 checkpoint ``folder`` into ``optimizer``."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    has_files = rank == 0 or not from_rank0
     folder = Path(folder)
-    if has_files and checkpoint_kind(folder) != "full":
-        raise ValueError(f"{folder}: not a checkpoint with {OPTIM}")
-    optim_sd = torch.load(folder / OPTIM, map_location="cpu", weights_only=True) if has_files else {}
-    options = _full(broadcast_from_rank0=True) if from_rank0 else _full()
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+    if checkpoint_kind(folder) == "sharded":
+        state: dict[str, Any] = {"model": get_model_state_dict(model)}
+        if optimizer is not None:
+            state["optim"] = get_optimizer_state_dict(model, optimizer)
+        dcp.load(state, checkpoint_id=str(folder / SHARDS))
+        set_model_state_dict(model, state["model"])
+        if optimizer is not None:
+            set_optimizer_state_dict(model, optimizer, state["optim"])
+        return
+    full = _options(full_state_dict=True)  # older checkpoints, and DeepSpeed's weights
+    set_model_state_dict(model, model_state_dict(folder), options=full)
+    if optimizer is not None:
+        if checkpoint_kind(folder) != "full":
+            raise ValueError(f"{folder}: a DeepSpeed checkpoint's optimizer state is partitioned by ZeRO")
+        sd = torch.load(folder / OPTIM, map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, sd, options=full)
