@@ -12,7 +12,8 @@ carry the stored seq_ids.
 ``TrainBatches`` reads, window after window in the epoch's order, just that window's seq_id
 range (``raylm.data.reader``), keeps only the rows of its own blocks and reorders them in
 memory. A background thread reads ``prefetch`` windows ahead, so memory is bounded by
-``(prefetch + 1) * window / W`` sequences per worker (plus one batch), never the whole dataset.
+``(prefetch + 1) * window / W`` sequences per worker (plus one batch), never the whole dataset;
+with ``timeout_s`` a read that gives nothing for that long raises ``TimeoutError``.
 Its ``position`` (``DataPosition``) after each batch is what a checkpoint saves; with
 ``grad_accum`` micro-batches per optimizer step an epoch ends on a whole step, and a position
 saved at another split of the same step size (other workers, micro-batch, accumulation) goes on
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from raylm.data.position import DataPosition, window_ids, window_order
-from raylm.data.reader import SeqSource, Stopped, read_rows
+from raylm.data.reader import SeqSource, Stopped, read_rows, take
 
 IGNORE_INDEX = -100
 
@@ -69,6 +70,7 @@ class TrainBatches:
         num_epochs: int | None = None,
         read_batch_size: int = 256,
         grad_accum: int = 1,
+        timeout_s: float | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= world_rank < world_size:
             raise ValueError(f"bad batch_size={batch_size}, world_rank={world_rank}, world_size={world_size}")
@@ -93,6 +95,7 @@ class TrainBatches:
         self.prefetch = prefetch
         self.num_epochs = num_epochs
         self.read_batch_size = read_batch_size
+        self.timeout_s = timeout_s
         self.data_wait_s = 0.0
         self.last_wait_s = 0.0
         self.batches = 0
@@ -191,7 +194,7 @@ class TrainBatches:
         self._thread = threading.Thread(target=self._reader, args=(q,), daemon=True, name="TrainBatches")
         self._thread.start()
         while True:
-            item = q.get()
+            item = take(q, self.timeout_s, f"{self._source.name}, rank {self.rank}")
             if item is None:
                 return
             if isinstance(item, BaseException):

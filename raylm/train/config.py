@@ -40,6 +40,9 @@ class DataConfig:
     """Shuffle window in sequences."""
     prefetch: int = 2
     """Windows read ahead by each worker's background thread (per source)."""
+    read_timeout_s: float = 600.0
+    """A worker whose reads give it nothing for this long fails with an error naming the data
+    (rather than waiting for ever); ``max_failures`` then restarts the run."""
 
     def validate(self) -> None:
         if bool(self.path) == bool(self.sources):
@@ -55,8 +58,9 @@ class DataConfig:
                 raise ConfigError(f"data.mix: sources {missing} are not in data.sources {sorted(self.sources)}")
         if self.seq_len_schedule:
             LengthSchedule([tuple(p) for p in self.seq_len_schedule])
-        if self.window < 1 or self.prefetch < 0:
-            raise ConfigError(f"data.window ({self.window}) must be >= 1 and data.prefetch ({self.prefetch}) >= 0")
+        if self.window < 1 or self.prefetch < 0 or self.read_timeout_s <= 0:
+            raise ConfigError(f"data.window ({self.window}) must be >= 1, data.prefetch ({self.prefetch}) >= 0 and "
+                              f"data.read_timeout_s ({self.read_timeout_s}) > 0")
 
     def mix_in_sequences(self, global_batch_size: int) -> MixConfig:
         """``mix`` with its schedule steps (optimizer steps) turned into sequences."""
@@ -354,7 +358,8 @@ class TrainConfig:
     peak_tflops: float | None = None
     """Device peak for MFU (None: looked up from the GPU name; CPU has no MFU)."""
     log_seq_ids: bool = False
-    """Audit the data order: every rank appends ``{step, pid, seq_ids}`` per step to
+    """Audit the data order: every rank appends ``{step, pid, node, world, seq_ids}`` per step
+    (its process, Ray node, the worker group's size, the sequences it trained on) to
     ``seq_ids-rank<r>.jsonl`` in the run folder (local storage only)."""
     fail_at_step: int | None = None
     """Testing: raise in rank 1 (rank 0 with one worker) at this step, once per run directory."""

@@ -61,6 +61,12 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int, run_dir: str
     os._exit(1)  # a hard kill, as a preempted node gives
 
 
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def _seed_rank(seed: int, rank: int) -> None:
     """Per-rank random streams from here on (the weights were initialised alike on every rank)."""
     random.seed(seed * 1000 + rank)
@@ -118,6 +124,7 @@ class Loop:
         self.log = MetricsLog(run_dir if rank == 0 else None)
         self.rollbacks = 0
         self.accum = cfg.grad_accum_at(world)  # the same global batch at any number of workers
+        self.node = _node_id()
         self.flops_per_token = cfg.model.flops_per_token(cfg.model.max_seq_len)
         self.peak = peak_tflops(self.device, cfg.peak_tflops)
 
@@ -142,9 +149,9 @@ class Loop:
         if d.sources:
             return MixedBatches(d.sources, d.mix_in_sequences(cfg.global_batch_size), cfg.micro_batch_size, rank,
                                 world, self.position, seed=d.seed, prefetch=d.prefetch, window=d.window,
-                                grad_accum=self.accum)
+                                grad_accum=self.accum, timeout_s=d.read_timeout_s)
         return TrainBatches(d.path, cfg.micro_batch_size, rank, world, self.position, seed=d.seed,
-                            prefetch=d.prefetch, window=d.window, grad_accum=self.accum)
+                            prefetch=d.prefetch, window=d.window, grad_accum=self.accum, timeout_s=d.read_timeout_s)
 
     def run(self, evaluate_first: bool) -> None:
         cfg = self.cfg
@@ -170,7 +177,8 @@ class Loop:
             while self.step < cfg.steps:
                 micro = [next(loader) for _ in range(self.accum)]
                 if seq_log is not None:
-                    seq_log.write(json.dumps({"step": self.step + 1, "pid": os.getpid(),
+                    seq_log.write(json.dumps({"step": self.step + 1, "pid": os.getpid(), "node": self.node,
+                                              "world": self.world,
                                               "seq_ids": [int(i) for b in micro for i in b["seq_id"]]}) + "\n")
                     seq_log.flush()
                 seq_len = micro[0]["input_ids"].shape[1]  # stored length: tokens per step are B * it
@@ -214,7 +222,8 @@ class Loop:
         metrics = {
             "step": self.step, "loss": result.loss, "perplexity": float(np.exp(min(result.loss, 50.0))),
             "lr": cfg.optim.lr * result.lr_multiplier, "grad_norm": result.grad_norm, "tokens_per_s": tps,
-            "tokens_per_s_per_device": tps / self.world, "spike": action != "ok", "rollbacks": self.rollbacks,
+            "tokens_per_s_per_device": tps / self.world, "workers": self.world, "spike": action != "ok",
+            "rollbacks": self.rollbacks,
             "peak_memory_gb": peak_memory_gb(self.device), "data_wait_s": loader.data_wait_s,
             "data_wait_frac": (loader.data_wait_s - window.wait) / dt,
             "tokens_seen": loader.position.sequences_seen * seq_len,

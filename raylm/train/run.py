@@ -93,6 +93,17 @@ class ResolvedRun:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def paths(self) -> dict[str, str]:
+        """Every folder or file the workers read or write, by what names it in the config."""
+        cfg = self.cfg
+        out = {**training_folders(cfg), **{f"eval set {n}": f for n, f in self.eval_sets.items()},
+               "storage_path": cfg.storage_path}
+        if cfg.continual.init_from:
+            out["continual.init_from"] = cfg.continual.init_from
+        if (cfg.eval.samples.prompts or cfg.eval.samples.infill) and (cfg.eval.samples.tokenizer or self.tokenizer):
+            out["eval.samples.tokenizer"] = cfg.eval.samples.tokenizer or self.tokenizer
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResolvedRun:
         return from_dict(cls, data, "run")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from raylm import storage
+from raylm.cluster import check_paths_on_nodes
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
 from raylm.train.runlog import RunLog
@@ -58,6 +59,7 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     if folder:
         os.makedirs(folder, exist_ok=True)
         Path(folder, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    check_paths_on_nodes(run.paths())  # on a cluster: every node sees the local folders
     fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
     callbacks = list(callbacks or [])
     if not folder:

@@ -4,6 +4,7 @@ real Ray Train restart (a killed worker): ``tests/train/test_preemption.py``."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -140,3 +141,25 @@ def test_id_map_maps_indices_to_unit_position_ids_and_back():
     assert m.seq_id_range(1, 4) == (1, (3 << 32) | 2)  # one seq_id range per index window
     ident = IdMap.identity(5)
     assert ident.to_seq_id(np.arange(5)).tolist() == list(range(5)) == ident.to_index(np.arange(5)).tolist()
+
+
+def test_a_stuck_read_fails_instead_of_hanging(packed_dir, monkeypatch):
+    """A read that gives nothing (an object store that stops answering, a Ray Data read with no
+    CPU to run on) fails the loader after ``timeout_s`` with the data named, instead of leaving
+    the run waiting for ever."""
+    from raylm.data.reader import SeqSource
+
+    release = threading.Event()
+
+    def stuck(self, lo, hi, batch_size):
+        release.wait(60)
+        yield from ()
+
+    monkeypatch.setattr(SeqSource, "batches", stuck)
+    batches = TrainBatches(packed_dir, B, 0, W, seed=SEED, window=WINDOW, timeout_s=1)
+    try:
+        with pytest.raises(TimeoutError, match=f"{packed_dir}, rank 0: no data from the reader for 1 s"):
+            next(batches)
+    finally:
+        release.set()
+        batches.close()
