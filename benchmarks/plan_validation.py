@@ -15,6 +15,13 @@ not measured on CPU. On a CUDA device (``--gpu``) one process per strategy measu
 DDP and FSDP2 only).
 
     python benchmarks/plan_validation.py            # CPU table -> results/plan_validation.json
+    python benchmarks/plan_validation.py --gpu-results benchmarks/results/h200_2026-12-04   # + measured GPU rows
+
+``--gpu-results DIR`` reads the peaks ``benchmarks/train_mfu.py`` measured on a GPU
+(``train_mfu.json`` and any ``mfu_*.json`` row in ``DIR``: one process, bf16 autocast,
+AdamW, compiled and eager) and puts them against the plan of the same run (``ddp`` on one
+GPU, no checkpointing, ``compile`` as measured) as ``gpu_rows`` of the results file; the CPU
+table there is kept.
 """
 
 from __future__ import annotations
@@ -184,6 +191,27 @@ def gpu_table() -> list[dict]:
     return rows
 
 
+def measured_gpu_rows(folder: Path) -> list[dict]:
+    """The plan against the peak ``max_memory_allocated`` of every train_mfu run in ``folder``."""
+    from raylm.plan import GiB
+
+    table = json.loads((folder / "train_mfu.json").read_text())
+    runs = table["runs"] + [json.loads(p.read_text()) for p in sorted(folder.glob("mfu_*.json"))]
+    rows = []
+    for run in runs:
+        for key in ("raylm", "raylm_eager"):
+            m = run.get(key)
+            if not m or "peak_memory_gb" not in m:
+                continue
+            cfg = plan_config({"model": {"flavor": run["size"]}, "seq_len": run["seq_len"], "micro_batch_size": run["batch"],
+                               "num_gpus": 1, "precision": "bf16", "gpu": "H200", "compile": m["compiled"]})
+            predicted = memory(cfg, "ddp", "none")["total"] / GiB
+            rows.append({"device": table["device"], "date": table["date"], "size": run["size"], "batch": run["batch"],
+                         "seq_len": run["seq_len"], "compiled": m["compiled"], "measured_gib": m["peak_memory_gb"],
+                         "predicted_gib": predicted, "rel_error": predicted / m["peak_memory_gb"] - 1})
+    return rows
+
+
 def measure_doc() -> str:
     return " ".join(_measure_doc.split("\n\n")[1].split())
 
@@ -193,7 +221,22 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="measure on the CUDA device instead (bf16, world size 1)")
     ap.add_argument("--only", help="comma-separated strategies to measure (a trial run; nothing is written)")
     ap.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "plan_validation.json"))
+    ap.add_argument("--gpu-results", type=Path, help="a folder of train_mfu.py results measured on a GPU: "
+                    "write their rows against the plan into the results file, keeping its CPU table")
     args = ap.parse_args()
+    if args.gpu_results:
+        out = json.loads(Path(args.output).read_text())
+        rows = measured_gpu_rows(args.gpu_results)
+        for r in rows:
+            print(f"{r['device']} {r['size']:>5} batch {r['batch']:>2} {'compiled' if r['compiled'] else 'eager':<8} "
+                  f"measured {r['measured_gib']:6.1f} GiB  predicted {r['predicted_gib']:6.1f} GiB  {r['rel_error']:+.1%}")
+        out["gpu_rows"] = rows
+        out["gpu_method"] = " ".join(next(p for p in __doc__.split("\n\n") if p.startswith("``--gpu-results")).split())
+        for label, compiled in (("compiled", True), ("eager", False)):
+            errors = [r["rel_error"] for r in rows if r["compiled"] == compiled]
+            out[f"gpu_{label}_rel_error_range"] = [min(errors), max(errors)]
+        Path(args.output).write_text(json.dumps(out, indent=2))
+        return
     cases = [c for c in CASES if not args.only or c[1] in args.only.split(",")]
     rows = gpu_table() if args.gpu else cpu_table(cases)
     rows.sort(key=lambda r: (r["shape"], r["strategy"], r["checkpointing"]))

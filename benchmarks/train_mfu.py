@@ -137,11 +137,15 @@ def pipeline(size: str, seq_len: int, batch: int, steps: int, tokens: str, compi
     import ray
 
     from raylm.data.shards import read_manifest
+    from raylm.data.tokenizer import load_tokenizer
     from raylm.train.config import train_config
     from raylm.train.trainer import fit, read_metrics, run_dir
 
-    manifest = read_manifest(str(Path(tokens).parent))
-    vocab = manifest.get("vocab_size") or 32000
+    manifest = read_manifest(tokens)  # raylm prepare writes it inside the source folder
+    if manifest["seq_len"] != seq_len:
+        raise SystemExit(f"--tokens {tokens}: packed at seq_len {manifest['seq_len']}, not --seq-len {seq_len}")
+    tokenizer = (manifest.get("config") or {}).get("tokenizer")
+    vocab = load_tokenizer(tokenizer).get_piece_size() if tokenizer and Path(tokenizer).is_file() else 32000
     ray.init(num_cpus=8, include_dashboard=False, logging_level="WARNING")
     storage = tempfile.mkdtemp(prefix="raylm-mfu-")
     cfg = train_config({

@@ -1,5 +1,8 @@
-"""The ``raylm`` command line: ``curate``, ``tokenizer train``, ``prepare``, ``train``, ``eval``, ``generate``,
-``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``, ``demo``.
+"""The ``raylm`` command line: ``curate``, ``curate fit-thresholds``, ``tokenizer train``, ``prepare``, ``train``,
+``eval``, ``generate``, ``export``, ``plan``, ``tune``, ``mup coord-check``, ``schedules``, ``recipe``,
+``report``, ``demo``.
+
+Every command is quiet about Ray's internals unless ``-v`` (``raylm.console``).
 
 A bad config or a missing input prints one line naming the key or the path and exits with
 status 2; no traceback.
@@ -11,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from raylm import console
 from raylm.config import ConfigError, load
+from raylm.console import say
 from raylm.storage import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +31,16 @@ def _curate(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/data, stats.json, duplicates.parquet"
           + (", rejected/" if cfg.write_rejected else "") + (", report.html" if cfg.report else ""))
     return 0 if stats["conservation_ok"] else 1
+
+
+def _fit_thresholds(args: argparse.Namespace) -> int:
+    from raylm.curate.fit_thresholds import fit, parse_references
+    from raylm.curate.steps.quality_table import dump
+
+    table = fit(parse_references(args.reference), base=args.base, min_cut=args.min_cut)
+    dump(table, args.output)
+    print(f"wrote {args.output}; use it with: quality: {{table: {args.output}}}")
+    return 0
 
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
@@ -86,22 +101,25 @@ def _train(args: argparse.Namespace) -> int:
         if not Path(path).exists() and "://" not in path:
             raise InputError(f"{key}: {path}: no such folder")
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
-    result = fit(cfg)
+    from raylm.train.progress import TrainProgress
+    from raylm.train.report import run_report
+
+    sc = cfg.scale
+    say(f"train {cfg.name}: {cfg.model.num_params() / 1e6:.1f}M parameters, {sc.num_workers} Ray Train "
+        f"worker{'s' * (sc.num_workers > 1)} ({sc.strategy}), {cfg.steps} steps of {cfg.global_batch_size} sequences")
+    with TrainProgress(cfg) as progress:
+        result = fit(cfg, callbacks=[progress.callback])
     folder = run_dir(cfg)
-    rows = read_metrics(folder) if folder else []
-    for row in rows:
-        if "loss" in row:  # not the step-0 row of eval.at_start
-            print(f"step {row['step']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
-                  f"grad_norm {row['grad_norm']:.3f}  tokens/s {row['tokens_per_s']:.0f}")
-    held_out = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/") and k.endswith("/loss")}
-    if held_out:
-        print("held-out loss: " + ", ".join(f"{k.removesuffix('/loss')} {v:.4f}" for k, v in held_out.items()))
-    forgot = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("forgetting/") and k.endswith("/loss")}
+    rows = read_metrics(folder) if folder else progress.rows
+    last = rows[-1] if rows else {}
+    forgot = {k: v for k, v in last.items() if k.startswith("forgetting/") and k.endswith("/loss")}
     if forgot:  # a continual run: the old domain's loss now minus at its start
-        print("forgetting: " + ", ".join(f"{k.split('/')[1]} {v:+.4f}" for k, v in forgot.items()))
-    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    if folder:
-        print(f"metrics: {folder}/metrics.jsonl; tensorboard --logdir {folder}/tensorboard")
+        say("forgetting: " + ", ".join(f"{k.split('/')[1]} {v:+.4f}" for k, v in forgot.items()))
+    run = folder or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    say(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    say(f"report: {run_report(cfg)}; metrics: {run}/metrics.jsonl; tensorboard --logdir {run}/tensorboard")
+    if result.error is not None:
+        say(f"training failed: {result.error}")
     return 0 if result.error is None else 1
 
 
@@ -140,6 +158,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from raylm.infer.checkpoint import CheckpointError
+
+    try:
+        from raylm.infer.export import describe, export
+    except ImportError as exc:
+        raise InputError(f"export needs transformers ({exc}): pip install 'raylm[export]'") from None
+    try:
+        summary = export(args.checkpoint, args.output, tokenizer=args.tokenizer, dtype=args.dtype,
+                         overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    print(describe(summary))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -164,13 +198,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     import json
+    import math
 
     from raylm.cluster import RayConfig, ensure_ray
     from raylm.tune.sweep import load_sweep, run_sweep
+    from raylm.tune.table import TrialTable
 
     sweep, base = load_sweep(args.config, args.set)
     ensure_ray(RayConfig(num_cpus=args.num_cpus))
-    best = run_sweep(sweep, base)
+    grid = math.prod(len(v) for space in sweep.search.values() for k, v in space.items() if k == "grid")
+    table = TrialTable(list(sweep.search), sweep.metric, sweep.mode, total=grid * sweep.num_samples)
+    best = run_sweep(sweep, base, callbacks=[table])
     print(json.dumps(best, indent=2))
     print(f"results: {Path(sweep.storage_path) / sweep.name}/results.csv, best.json")
     return 0
@@ -224,14 +262,21 @@ def _recipe(args: argparse.Namespace) -> int:
     report = run_recipe(cfg, args.output)
     print(json.dumps({k: report[k] for k in ("curate", "tokenizer", "train", "eval") if k in report},
                      indent=2, ensure_ascii=False))
-    print(f"wrote {args.output}/recipe.json")
+    print(f"wrote {args.output}/recipe.json; the training run's report: {report['train']['report']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from raylm.train.report import write_report
+
+    print(f"wrote {write_report(args.run, args.output, args.storage_endpoint)}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from raylm.demo import run_demo
 
-    return run_demo(args.output, num_cpus=args.num_cpus)
+    return run_demo(args.output, num_cpus=args.num_cpus, steps=args.steps)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -245,6 +290,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.set_defaults(func=_curate)
+
+    f = sub.add_parser("fit-thresholds", help="(also: raylm curate fit-thresholds) fit the quality step's "
+                       "thresholds per language on reference text")
+    f.add_argument("--reference", action="append", required=True, metavar="LANG=PATH",
+                   help="reference text of one language (JSONL with 'text', .gz too, or a folder); en is needed")
+    f.add_argument("-o", "--output", required=True, help="the table to write (YAML)")
+    f.add_argument("--base", default="builtin", help="table whose segmenters, stop words and rules_off are kept")
+    f.add_argument("--min-cut", type=int, default=5,
+                   help="fewest English documents a threshold must cut to be fitted by quantile")
+    f.set_defaults(func=_fit_thresholds)
 
     t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a curated dataset")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
@@ -288,6 +343,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", action="store_true",
                    help="greedy decoding drafted by the model's MTP heads; prints the acceptance rate to stderr")
     g.set_defaults(func=_generate)
+    ex = sub.add_parser("export", help="a checkpoint as a Hugging Face Llama folder (transformers, vLLM)")
+    ex.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    ex.add_argument("-o", "--output", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
+    ex.add_argument("--tokenizer", help="SentencePiece .model (default: the one the training data was prepared with)")
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="of the written weights (default float32, as trained)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    ex.set_defaults(func=_export)
     ev = sub.add_parser("eval", help="held-out loss and perplexity of a checkpoint, per set and per language")
     ev.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     ev.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
@@ -339,15 +402,37 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     rc.set_defaults(func=_recipe)
 
+    rp = sub.add_parser("report", help="an HTML report of a training run: curves, hardware, config")
+    rp.add_argument("run", help="the run folder (STORAGE/NAME), local or a URI")
+    rp.add_argument("-o", "--output", help="where to write the page (default RUN/report.html)")
+    rp.add_argument("--storage-endpoint", help="endpoint of an S3-compatible store for s3:// runs")
+    rp.set_defaults(func=_report)
+
     d = sub.add_parser("demo", help="run the whole pipeline on the shipped sample corpus")
     d.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray (default 4)")
+    d.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
     d.set_defaults(func=_demo)
+    _add_verbose(p)
     return p
 
 
+def _add_verbose(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``-v``/``--verbose`` on every command (``raylm -v demo`` and ``raylm demo -v`` alike)."""
+    parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="show Ray's own logs too (-vv: debug); or set RAYLM_LOG_LEVEL=INFO")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child, top=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["curate", "fit-thresholds"]:
+        argv = argv[1:]
     args = parser().parse_args(argv)
+    console.set_verbosity(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, InputError) as exc:

@@ -10,6 +10,7 @@ given, else start a local Ray sized by ``num_cpus``. On a cluster of several nod
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -34,19 +35,48 @@ class RayConfig:
 def ensure_ray(cfg: RayConfig, env: dict[str, str] | None = None) -> None:
     """Connect to ``cfg.address`` (or ``RAY_ADDRESS``) or start a local Ray; ``env``: variables
     every worker of this job needs (a local Ray's workers inherit this process's environment).
-    With Ray already running nothing is passed: set them before it starts, as ``run_recipe`` does."""
+    With Ray already running nothing is passed: set them before it starts, as ``run_recipe`` does.
+    Ray logs at the console's level (``raylm.console``: quiet unless ``-v``)."""
     import ray
 
+    from raylm import console
+
+    console.quiet_ray_data()
     if ray.is_initialized():
         return
+    env = {**console.ray_env(), **(env or {})}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+        # a submitted job's runtime_env may set some already: Ray refuses the same key twice
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+        env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **console.ray_init_kwargs())
     else:
+        os.environ.update(env)
         # a local Ray offers the custom resources the config asks for, one unit per CPU
         cpus = float(cfg.num_cpus or os.cpu_count() or 1)
         ray.init(num_cpus=cfg.num_cpus, resources={k: cpus for k in cfg.resources} or None,
-                 include_dashboard=False, log_to_driver=True)
+                 **local_ray_options(), **console.ray_init_kwargs())
+
+
+def local_ray_options() -> dict[str, Any]:
+    """What a local Ray needs so that Ray's own helpers work quietly on one machine.
+
+    - The dashboard, with its port chosen here and named in ``RAY_API_SERVER_ADDRESS``: Ray
+      Train's placement-group cleaner asks the state API (served by the dashboard) every second
+      whether the run's controller is alive; without a dashboard each query fails with a warning
+      ("State API may be temporarily unavailable"), and with other Ray instances on the machine
+      it cannot tell which one is its own.
+    - No spot-preemption watcher in Train runs: a local machine gets no preemption notices
+      (a default: ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` set by the user wins)."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the dashboard
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
 
 
 def worker_nodes() -> list[dict[str, Any]]:

@@ -116,6 +116,7 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     from raylm.data.prepare import prepare
     from raylm.data.tokenizer import train_tokenizer
     from raylm.infer.evaluate import evaluate_checkpoint
+    from raylm.train.report import run_report
     from raylm.train.trainer import fit, read_metrics, run_dir
 
     cfg.validate()
@@ -156,13 +157,20 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     t = _stage("train", quiet)
     tokens = str(root / "tokens" / SOURCE)
     train_cfg = cfg.train_config(tokens, str(root / "train"), tok["vocab_size"])
-    result = fit(train_cfg)
+    if quiet:
+        result = fit(train_cfg)
+    else:
+        from raylm.train.progress import TrainProgress
+
+        with TrainProgress(train_cfg) as progress:
+            result = fit(train_cfg, callbacks=[progress.callback])
     if result.error is not None:
         raise RuntimeError(f"recipe: training failed: {result.error}")
+    run_report(train_cfg)
     rows = [r for r in read_metrics(run_dir(train_cfg)) if "loss" in r]
     report["train"] = {"name": train_cfg.name, "steps": train_cfg.steps, "params": train_cfg.model.num_params(),
                        "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
-                       "run": run_dir(train_cfg)}
+                       "run": run_dir(train_cfg), "report": f"{run_dir(train_cfg)}/report.html"}
     report["seconds"]["train"] = round(time.perf_counter() - t, 3)
 
     t = _stage("eval", quiet)

@@ -41,6 +41,15 @@ def shards(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def prepared(ray_session, tmp_path_factory) -> dict:
+    """``tests.train.sample.prepare_sample``: the sample corpus through ``raylm prepare`` (two
+    sources, held-out splits, FIM, a manifest naming its tokenizer), once for the session."""
+    from tests.train.sample import prepare_sample
+
+    return prepare_sample(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
 def reference_runs(ray_session, shards, tmp_path_factory) -> dict:
     """``tests.train.sample.REFERENCE_RUNS`` trained once for the session: name -> (config dict,
     Ray's Result). Every Ray Train run costs seconds of worker start-up, so the tests that must

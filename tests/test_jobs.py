@@ -1,24 +1,16 @@
 """The job configs shipped for ``ray job submit`` load and validate, the entrypoints report bad
 input, and a job submitted to a real local head node with token authentication runs."""
 
-import contextlib
 import gzip
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from raylm.config import load
 from raylm.curate.pipeline import CurateConfig
+from tests.local_head import RAY, start_head
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if p.name in ("curate.yaml", "dedup.yaml")]
@@ -95,68 +87,14 @@ def test_job_entrypoints_report_bad_input(module, capsys, tmp_path):
 
 # --- a real local cluster: ray start --head with token authentication, then ray job submit ---
 
-RAY = Path(sys.executable).parent / "ray"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _stop(proc: subprocess.Popen, temp_dir: str) -> None:
-    """Stop the head started here (never ``ray stop``: it would stop every Ray on the machine)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    # Ray's own processes of this head (they may leave the process group) carry its temp dir
-    for pid in Path("/proc").iterdir():
-        if pid.name.isdigit():
-            with contextlib.suppress(OSError):
-                if temp_dir.encode() in (pid / "cmdline").read_bytes():
-                    os.kill(int(pid.name), signal.SIGKILL)
-
-
 @pytest.fixture
-def head(tmp_path_factory):
+def head():
     """A local Ray head on free ports with ``RAY_AUTH_MODE=token``; yields (address, env)."""
-    if not RAY.exists():
-        pytest.skip("the ray CLI is not installed next to this Python")
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dash, client, agent, agent_grpc, metrics, env_agent, nm, om = _free_ports(9)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}", "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
-         f"--node-manager-port={nm}", f"--object-manager-port={om}", "--num-cpus=3",
-         '--resources={"data_cpu": 3}', f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run([str(RAY), "job", "list", "--address", address], env=env,
-                             capture_output=True).returncode != 0:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the head's job API did not come up in 60 s"
-            time.sleep(1)
-        yield address, env
-    finally:
-        _stop(proc, temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with start_head(["--num-cpus=3", '--resources={"data_cpu": 3}']) as h:
+        yield h.address, h.env
 
 
 def test_ray_job_submit_to_a_token_authenticated_head(head, tmp_path):

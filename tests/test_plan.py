@@ -125,3 +125,82 @@ def test_gpu_peak_memory_matches_the_plan():
         optimizer.zero_grad(set_to_none=True)
     p = memory(plan_config({"model": cfg, "micro_batch_size": 4, "num_gpus": 1}), "ddp", "none")
     assert p["total"] == pytest.approx(torch.cuda.max_memory_allocated(), rel=0.15)
+
+
+# One block at 300 tokens (3 rows of 100), a number no weight dimension has, so that the saved
+# tensors that grow with the tokens are told apart from the bf16 casts of the weights.
+BLOCK = {"vocab_size": 512, "d_model": 256, "n_layers": 1, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 640,
+         "max_seq_len": 128, "attention": "sdpa"}
+ROWS, LEN = 3, 100
+
+
+def _block():
+    torch.manual_seed(0)
+    model = Transformer(model_config("debug", **BLOCK))
+    x = torch.randn(ROWS, LEN, BLOCK["d_model"], requires_grad=True)  # the fp32 residual stream
+    cos, sin = model.rope_cos[:LEN][None], model.rope_sin[:LEN][None]
+    return model.cfg, model.layers[0], (x, cos, sin)
+
+
+def _grows(t: torch.Tensor) -> bool:
+    """``t`` holds something per token (rows x length, flattened tokens, or rows x heads x ...)."""
+    return t.shape[:1] == (ROWS * LEN,) or (t.dim() >= 3 and t.shape[0] == ROWS)
+
+
+def test_an_autocast_block_keeps_what_the_plan_counts():
+    """DDP's bf16 autocast, eager: the bytes a block saves for backward (saved-tensor hooks)."""
+    from raylm.plan import _block_activations
+
+    cfg, block, inputs = _block()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        block(*inputs)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved if _grows(t)}
+    assert sum(storages.values()) == _block_activations(cfg, "none", 2, ROWS * LEN, 0, 1, "autocast", res=4)
+
+
+def test_a_compiled_block_keeps_what_the_plan_counts():
+    """torch.compile: what Inductor's partitioner (with Inductor's decompositions) makes the
+    forward graph hand to backward, under bf16 autocast."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+
+    from raylm.plan import _block_activations
+
+    cfg, block, inputs = _block()
+    saved = []
+
+    def forward_compiler(gm, _):
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        saved.extend(o.meta["val"] for o in outputs[1:])  # after the block's own output
+        return gm.forward
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm.forward,
+                                     partition_fn=min_cut_rematerialization_partition,
+                                     decompositions=select_decomp_table())
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.compile(block, backend=backend)(*inputs)
+    torch._dynamo.reset()
+    tokens = ROWS * LEN
+    counted = sum(t.numel() * t.element_size() for t in saved if _grows(t))
+    assert counted == _block_activations(cfg, "none", 2, tokens, 0, 1, "compiled", res=4)
+    assert counted < 0.7 * _block_activations(cfg, "none", 2, tokens, 0, 1, "autocast", res=4)
+
+
+def test_committed_gpu_rows_are_the_plan_of_today_within_10_percent():
+    """The H200 peaks (benchmarks/results/h200_2026-12-04) against the current planner: the
+    committed predictions are what it gives now, and every error is within 10%."""
+    table = json.loads(RESULTS.read_text())
+    rows = table["gpu_rows"]
+    assert {(r["size"], r["compiled"]) for r in rows} >= {("125m", True), ("1b", True), ("3b", True), ("7b", True),
+                                                           ("125m", False), ("1b", False), ("3b", False)}
+    for r in rows:
+        cfg = plan_config({"model": {"flavor": r["size"]}, "seq_len": r["seq_len"], "micro_batch_size": r["batch"],
+                           "num_gpus": 1, "precision": "bf16", "gpu": "H200", "compile": r["compiled"]})
+        assert memory(cfg, "ddp", "none")["total"] / GiB == pytest.approx(r["predicted_gib"])
+        assert abs(r["rel_error"]) <= 0.10, r

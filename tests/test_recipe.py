@@ -31,6 +31,8 @@ def test_korean_recipe_end_to_end(ray_session, tmp_path):
     assert report["prepare"]["val"]["documents"] >= 1 and report["prepare"]["documents"] >= 10
     train = report["train"]
     assert train["steps"] == 6 and train["last_loss"] < train["first_loss"]
+    page = open(train["report"], encoding="utf-8").read()  # the run's report.html, per-language plot in it
+    assert "6 of 6" in page and 'alt="held_out_languages"' in page
     ev = report["eval"]
     assert ev["step"] == 6 and ev["metrics"]["val/lang/ko/tokens"] == ev["metrics"]["val/corpus/tokens"] > 0
     assert 0 < ev["bits_per_char"] < 20

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import pyarrow.fs as pafs
 
-from raylm import storage
+from raylm import console, storage
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, from_dict, to_dict
 from raylm.curate import read as R
@@ -38,8 +38,9 @@ from raylm.storage import filesystem
 
 # The default pipeline follows FineWeb's recipe for C4's rules: documents are judged by them,
 # but lines without terminal punctuation are not cut (that rule guts code, lists and tables).
+# langid runs before quality, which judges each document by its language's words and thresholds.
 DEFAULT_STEPS: list[Any] = [
-    "normalize", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "langid", "pii",
+    "normalize", "langid", {"quality": {"c4": {"filter_no_terminal_punct": False}}}, "pii",
     "exact_dedup", "line_dedup", "minhash_dedup",
 ]
 
@@ -213,9 +214,12 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
     if head:
         parts, units_before = curate_units(units, read_config(cfg), head, out, stats, cfg.batch_size,
                                            cfg.ray.remote_args, quiet)
-    ds = build_dataset(cfg, units, stats, ctx, parts)
     sink = CurateSink(out, cfg.write_rejected, cfg.rows_per_file)
-    ds.write_datasink(sink)
+    rest = [name for name, _ in cfg.parsed_steps()[len(head):]]
+    with console.stage("dedup" if any("dedup" in n for n in rest) else "curate") as progress:
+        ds = build_dataset(cfg, units, stats, ctx, parts)
+        ds.write_datasink(sink)
+        progress.done(f"{', '.join(rest + ['write'])}: {sum(r['kept'] for r in sink.results)} kept")
     seconds = time.perf_counter() - t0
     telemetry = ray.get(stats.get.remote())
     ray.kill(stats)

@@ -4,7 +4,8 @@ Normalise, quality, langid and PII are most of a curate run's CPU time and need 
 document, so each read unit (``raylm.curate.split``) is read and run through them by one Ray
 task, which writes the documents that come out under ``OUT/_work/files`` and marks the unit
 done (``raylm.curate.workdir``). A run killed midway and started again redoes only the units
-without a marker; a task retried after a lost node rewrites the same part names.
+without a marker; a task retried after a lost node rewrites the same part names. The driver
+shows the units as they finish (``raylm.console``: documents/s and MB/s read).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raylm import console
 from raylm.curate import read as R
 from raylm.curate.runner import apply_step, ready
 from raylm.curate.stats import Telemetry
@@ -41,7 +44,7 @@ def _curate_unit(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
     write what comes out under ``OUT/_work/files`` and mark the unit done."""
     work = WorkDir(out)
     steps = [ready(step) for step in steps]
-    done = []
+    done, docs, size = [], [], []
     for d in batch.column("unit").to_pylist():
         unit = R.ReadUnit(**d)
         telemetry, parts, rows, writer = Telemetry(), [], 0, None
@@ -61,7 +64,11 @@ def _curate_unit(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
             writer.close()
         work.mark_unit_done(unit.name, parts, rows, telemetry.get())
         done.append(unit.name)
-    return pa.table({"unit": pa.array(done, pa.string())})
+        first = telemetry.get().get(steps[0].name, {}) if steps else {}  # what was read: for progress
+        docs.append(first.get("docs_in", 0))
+        size.append(first.get("bytes_in", 0))
+    return pa.table({"unit": pa.array(done, pa.string()), "docs": pa.array(docs, pa.int64()),
+                     "bytes": pa.array(size, pa.int64())})
 
 
 def curate_units(units: list[R.ReadUnit], read_cfg: R.ReadConfig, steps: list[RowStep], out: str, stats: Any,
@@ -81,8 +88,13 @@ def curate_units(units: list[R.ReadUnit], read_cfg: R.ReadConfig, steps: list[Ro
         ds = ds.map_batches(_curate_unit, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"cfg": read_cfg, "steps": steps, "out": out, "batch_size": batch_size},
                             **remote_args)
-        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            pass
+        names = ", ".join(step.name for step in steps)
+        with console.stage("curate", total=len(pending), unit="unit") as progress:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                progress.advance(batch.num_rows, docs=pc.sum(batch["docs"]).as_py() or 0,
+                                 bytes=pc.sum(batch["bytes"]).as_py() or 0)
+            progress.done(f"{progress.counts.get('docs', 0):.0f} docs in {len(pending)} read "
+                          f"unit{'s' * (len(pending) > 1)}: {names}")
     markers = work.done_units()
     missing = [u.name for u in units if u.name not in markers]
     if missing:

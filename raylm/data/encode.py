@@ -1,8 +1,10 @@
 """Tokenise documents with a trained SentencePiece model (``raylm.data.tokenizer``).
 
 Each document gets ``tokens`` (``list<int32>``, with ``<bos>``/``<eos>`` as configured) and
-``num_tokens`` (int32). The model is loaded once per actor; a batch is encoded with one
-batched SentencePiece call and the Arrow list column is built from flat NumPy values and
+``num_tokens`` (int32). The model is loaded once per actor. With ``encoder: auto`` (the
+default) a batch is encoded by kitoken where its ids are SentencePiece's
+(``raylm.data.fast_bpe``: raylm's BPE models, about 2.5x faster), else with one batched
+SentencePiece call; either way the Arrow list column is built from flat NumPy values and
 offsets, not from per-row Python lists. The ``.model`` file must exist on every worker.
 """
 
@@ -11,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from raylm.config import ConfigError
 from raylm.curate.steps.base import RowStep, StepConfig, StepResult, set_column
+from raylm.data.fast_bpe import FastEncoder, load_fast_encoder
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -29,11 +32,17 @@ class TokenizeConfig(StepConfig):
     add_eos: bool = True
     """End every document with ``<eos>`` (the separator when documents are packed)."""
     num_threads: int = 1
-    """SentencePiece threads per actor; match the actor's CPUs (1 by default)."""
+    """SentencePiece threads per actor; match the actor's CPUs (1 by default). kitoken
+    encodes in the calling thread."""
+    encoder: Literal["auto", "sentencepiece"] = "auto"
+    """``auto``: kitoken where its ids are SentencePiece's (``raylm.data.fast_bpe``), else
+    SentencePiece; ``sentencepiece``: always SentencePiece."""
 
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("model: the path of a SentencePiece .model file is required")
+        if self.encoder not in ("auto", "sentencepiece"):
+            raise ConfigError(f"encoder: {self.encoder!r} is not one of ['auto', 'sentencepiece']")
         if self.num_threads < 1:
             raise ConfigError(f"num_threads: {self.num_threads} must be at least 1")
 
@@ -61,9 +70,11 @@ def _encode_flat(sp: Any, texts: list[str], add_bos: bool, add_eos: bool,
 
 
 def encode_to_arrow(sp: Any, texts: list[str], add_bos: bool, add_eos: bool,
-                    num_threads: int = 1) -> tuple[pa.ListArray, np.ndarray]:
-    """``(tokens, lengths)``: one batched ``encode`` call, then a ``list<int32>`` array."""
-    flat, lengths = _encode_flat(sp, texts, add_bos, add_eos, num_threads)
+                    num_threads: int = 1, fast: FastEncoder | None = None) -> tuple[pa.ListArray, np.ndarray]:
+    """``(tokens, lengths)``: the batch encoded by ``fast`` (kitoken) when given and its check
+    passes, else by one batched SentencePiece call; then a ``list<int32>`` array."""
+    encoded = fast.encode_flat(texts, add_bos, add_eos) if fast is not None else None
+    flat, lengths = encoded if encoded is not None else _encode_flat(sp, texts, add_bos, add_eos, num_threads)
     total = len(flat)
     if total >= 2**31:  # list<int32> has int32 offsets
         raise ValueError(f"tokenize: a batch of {total} tokens overflows list offsets; lower batch_size")
@@ -82,9 +93,11 @@ class Tokenize(RowStep):
         super().__init__(cfg)
         self.cfg: TokenizeConfig = cfg
         self.sp: Any = None
+        self.fast: FastEncoder | None = None
+        self.encoder = ""  # set by setup: "kitoken", or why SentencePiece encodes
 
     def __getstate__(self) -> dict[str, Any]:  # ship the config, not a loaded model
-        return {**self.__dict__, "sp": None}
+        return {**self.__dict__, "sp": None, "fast": None, "encoder": ""}
 
     @staticmethod
     def check_available(cfg: TokenizeConfig) -> None:
@@ -98,6 +111,10 @@ class Tokenize(RowStep):
         from raylm.data.tokenizer import load_tokenizer
 
         self.sp = load_tokenizer(self.cfg.model)
+        if self.cfg.encoder == "auto":
+            self.fast, self.encoder = load_fast_encoder(self.cfg.model, self.sp)
+        else:
+            self.encoder = "sentencepiece (configured)"
 
     def apply(self, batch: pa.Table) -> StepResult:
         if self.sp is None:
@@ -105,7 +122,7 @@ class Tokenize(RowStep):
         texts = batch.column("text").to_pylist()
         texts = [t if t is not None else "" for t in texts]
         tokens, lengths = encode_to_arrow(self.sp, texts, self.cfg.add_bos, self.cfg.add_eos,
-                                          self.cfg.num_threads)
+                                          self.cfg.num_threads, self.fast)
         table = set_column(batch, "tokens", tokens)
         table = set_column(table, "num_tokens", pa.array(lengths.astype(np.int32)))
         return StepResult(table=table, counters={"tokens": int(lengths.sum())})

@@ -1,19 +1,26 @@
 """``raylm prepare``: curated Parquet -> tokenised, (FIM-transformed,) packed token shards per source.
 
-For every source the curated files are read with Ray Data, one read task per file (each row
-keeps its file index ``_unit`` and row index ``_row``), tokenised by the ``Tokenize`` step in
-an actor pool (the model loads once per actor), optionally FIM-transformed per document, and
-packed and written by ``raylm.data.shards.write_token_shards`` under ``OUT/<source>/``.
-The FIM generator of a document is seeded from ``(fim.seed, file index, row index)``, so the
-output does not depend on how Ray batches the work. Mixing is not done here: training mixes
-the per-source shard folders at read time (``raylm.data.mixing.Mixer``).
+An input file is one packing unit (``raylm.data.shards``) and one Ray task of one CPU
+(``prepare_file``), for all sources' files at once: the task reads the file in ``batch_size``
+batches, tokenises each batch with one encode call (``raylm.data.encode``: kitoken where its
+ids are SentencePiece's, else SentencePiece), optionally FIM-transforms every document, packs
+the file's documents in file order (``shards.pack_unit``) and writes the file's shards itself
+(``shards.write_packed``, named by the unit, so a retried task replaces its files). Only counts
+come back; the driver renames the shards in ``seq_id`` order and writes each manifest
+(``shards.finish_shards``). Nothing is shuffled (a file never leaves its task) and no actor
+is started: loading the model takes milliseconds, so every task loads its own, on workers Ray
+has already started. The FIM generator of a document is seeded from ``(fim.seed, file index,
+row index)``, so the output does not depend on where or in which order the files run. Mixing
+is not done here: training mixes the per-source shard folders at read time
+(``raylm.data.mixing.Mixer``).
 
 Held-out split (``val``): a document is held out when a keyed hash of its text (blake2b,
 salted with ``val.seed``) falls below ``val.fraction``, so the split depends on nothing but
 the document itself: not on Ray's batching, the file it is in or the other documents, and a
-duplicate of a held-out document is held out too. Held-out documents go, through the same
-tokenise/FIM/pack path, to ``OUT/<source>/val/`` with their own manifest, never into the
-training shards; the training manifest names that folder (``"val": "val"``) and the loader
+duplicate of a held-out document is held out too. Held-out documents go, in the same pass
+over the file and through the same tokenise/FIM/pack path, to ``OUT/<source>/val/`` with their
+own manifest, never into the training shards; the training manifest names that folder
+(``"val": "val"``) and the loader
 reads a shard folder's manifest's files only, so the nested split is never trained on. The
 held-out shards record each segment's language (the curated ``lang_field`` column, "" where
 there is none) and, with FIM, which tokens are FIM middles (``fim_middle``), and pad each
@@ -24,19 +31,31 @@ file's last sequence instead of dropping it, so no held-out document is lost; ev
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import time
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from raylm import console
 from raylm.cluster import RayConfig, ensure_ray
 from raylm.config import ConfigError, to_dict
 from raylm.data.corpus import sort_inputs, uniform
 from raylm.data.encode import Tokenize, TokenizeConfig
-from raylm.data.shards import ORDER_COLUMN, UNIT_COLUMN, write_token_shards
+from raylm.data.packing import PackConfig
+from raylm.data.shards import (
+    ORDER_COLUMN,
+    UNIT_COLUMN,
+    clear_output,
+    finish_shards,
+    pack_unit,
+    shard_schema,
+    write_packed,
+)
 from raylm.data.transforms import FIMConfig, fim_transform_middle
 from raylm.storage import InputError, filesystem
 
@@ -47,7 +66,6 @@ LANG_COLUMN = "lang"
 """The language column the tokenise step carries for held-out shards."""
 MIDDLE_COLUMN = "fim_middle"
 """Held-out shards with FIM: 1 at every token of a FIM middle (and the eos after it)."""
-Split = Literal["all", "train", "val"]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -89,13 +107,13 @@ class PrepareConfig:
     drop_tail: bool = True
     """Drop each file's last incomplete sequence (else pad it with ``<pad>``)."""
     batch_size: int = 1000
-    """Documents per tokenise batch."""
-    actor_pool_size: int = 2
-    """Most tokeniser actors."""
+    """Documents read and encoded together (one batched encode call)."""
+    concurrency: int | None = None
+    """Most input files in work at once (a Ray task of one CPU per file); None: all of them, as
+    many running as the cluster has CPUs for (pending tasks are what makes an autoscaling
+    cluster grow)."""
     rows_per_shard: int = 10_000
-    """Most sequences per shard file."""
-    shuffle: Literal["sort", "hash"] = "sort"
-    """Ray Data shuffle that groups each file's documents for packing (``shards.shuffle_strategy``)."""
+    """Most sequences per shard file (every input file's sequences go to their own files)."""
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def validate(self) -> None:
@@ -112,56 +130,53 @@ class PrepareConfig:
                 raise ConfigError(f"sources.{name}: no input paths")
         if not self.text_field:
             raise ConfigError("text_field: must not be empty")
-        for name in ("batch_size", "actor_pool_size", "rows_per_shard"):
+        for name in ("batch_size", "rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency: {self.concurrency} must be at least 1 (or null: no limit)")
         if self.fim is not None:
             self.fim.validate()
         if self.val is not None:
             self.val.validate()
 
 
-def _read_file(batch: pa.Table, text_field: str, batch_rows: int, split: Split = "all",
-               val: HeldOutConfig | None = None, lang_field: str = "lang"):
-    """map_batches (one row per file): the file's text with ``_unit`` and ``_row`` (the row in
-    the file), only the documents of ``split``; for "val" also their language."""
+def _read_unit(path: str, unit: int, text_field: str, batch_rows: int, lang_field: str | None) -> Iterator[pa.Table]:
+    """The documents of one input file in ``batch_rows`` batches: ``text``, ``_unit``, ``_row``
+    (the row in the file) and, with ``lang_field``, ``LANG_COLUMN`` ("" where the file has none)."""
     import pyarrow.parquet as pq
 
-    for path, unit in zip(batch.column("path").to_pylist(), batch.column("unit").to_pylist()):
-        fs, p = filesystem(path)
-        with fs.open_input_file(p) as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            if text_field not in names:
-                raise InputError(f"{path}: no {text_field!r} column")
-            with_lang = split == "val" and lang_field in names and lang_field != text_field
-            row = 0
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=[text_field] + ([lang_field] if with_lang else [])):
-                n = rb.num_rows
-                table = pa.table({"text": rb.column(0).cast(pa.large_string()),
-                                  UNIT_COLUMN: pa.array(np.full(n, unit, np.int64)),
-                                  ORDER_COLUMN: pa.array(np.arange(row, row + n, dtype=np.int64))})
-                if split == "val":
-                    langs = rb.column(1).cast(pa.string()) if with_lang else pa.array([""] * n, pa.string())
-                    table = table.append_column(LANG_COLUMN, langs)
-                if split != "all":
-                    table = table.filter(pa.array(held_out(rb.column(0).to_pylist(), val) == (split == "val")))
-                row += n
-                if table.num_rows:
-                    yield table
+    fs, p = filesystem(path)
+    with fs.open_input_file(p) as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        if text_field not in names:
+            raise InputError(f"{path}: no {text_field!r} column")
+        with_lang = lang_field is not None and lang_field in names and lang_field != text_field
+        row = 0
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=[text_field] + ([lang_field] if with_lang else [])):
+            n = rb.num_rows
+            table = pa.table({"text": rb.column(0).cast(pa.large_string()),
+                              UNIT_COLUMN: pa.array(np.full(n, unit, np.int64)),
+                              ORDER_COLUMN: pa.array(np.arange(row, row + n, dtype=np.int64))})
+            if lang_field is not None:
+                langs = rb.column(1).cast(pa.string()) if with_lang else pa.array([""] * n, pa.string())
+                table = table.append_column(LANG_COLUMN, langs)
+            row += n
+            yield table
 
 
 class TokenizeFIM:
-    """map_batches callable class: ``Tokenize.apply``, then FIM per document when configured
-    (with ``mark_middle``: and each document's middle as ``MIDDLE_COLUMN``); the language
-    column, when the batch has one, passes through."""
+    """``Tokenize.apply`` on a batch of documents, then FIM per document when configured (with
+    ``mark_middle``: and each document's middle as ``MIDDLE_COLUMN``); keeps ``tokens``, the unit
+    and row columns and, when the batch has one, the language column."""
 
-    def __init__(self, tok_cfg: TokenizeConfig, fim: FIMConfig | None, mark_middle: bool = False) -> None:
+    def __init__(self, tok_cfg: TokenizeConfig, fim: FIMConfig | None) -> None:
         self.step = Tokenize(tok_cfg)
         self.step.setup()
-        self.fim, self.mark_middle = fim, mark_middle
+        self.fim = fim
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, mark_middle: bool = False) -> pa.Table:
         out = self.step.apply(batch).table
         cols = {"tokens": out.column("tokens"), UNIT_COLUMN: out.column(UNIT_COLUMN),
                 ORDER_COLUMN: out.column(ORDER_COLUMN)}
@@ -172,12 +187,76 @@ class TokenizeFIM:
             new = [fim_transform_middle(np.asarray(d, np.int32), np.random.default_rng([self.fim.seed, int(u), int(r)]),
                                         self.fim) for d, u, r in zip(docs, units, rows)]
             cols["tokens"] = pa.array([t for t, _ in new], pa.list_(pa.int32()))
-            if self.mark_middle:
+            if mark_middle:
                 cols[MIDDLE_COLUMN] = pa.array([(np.arange(len(t)) >= (len(t) if m is None else m)).astype(np.int8) for t, m in new],
                                                pa.list_(pa.int8()))
         if LANG_COLUMN in out.column_names:
             cols[LANG_COLUMN] = out.column(LANG_COLUMN)
         return pa.table(cols)
+
+
+def prepare_file(cfg: PrepareConfig, folders: dict[str, str], source: str, path: str, unit: int) -> list[dict[str, Any]]:
+    """One input file, one packing unit (a Ray task): read its documents in ``batch_size``
+    batches, tokenise (+FIM) them in file order, pack them (``shards.pack_unit``) and write the
+    unit's shard files (``shards.write_packed``) into ``folders[split]``, for each split;
+    returns the counts, one dict per split with documents (``"split"``: its name)."""
+    encode = TokenizeFIM(TokenizeConfig(model=cfg.tokenizer, add_bos=cfg.add_bos, add_eos=True), cfg.fim)
+    parts: dict[str, list[pa.Table]] = {split: [] for split in folders}
+    for table in _read_unit(path, unit, cfg.text_field, cfg.batch_size, cfg.lang_field if cfg.val else None):
+        if cfg.val is None:
+            parts["all"].append(encode(table))
+            continue
+        val = held_out(table.column("text").to_pylist(), cfg.val)
+        for split, mask in (("train", ~val), ("val", val)):
+            if mask.any():
+                part = encode(table.filter(pa.array(mask)), mark_middle=split == "val")
+                parts[split].append(part if split == "val" else part.drop_columns([LANG_COLUMN]))
+    results = []
+    for split, folder in folders.items():
+        if not parts[split]:
+            continue
+        val = split == "val"
+        middle = MIDDLE_COLUMN if val and cfg.fim else None
+        packed = pack_unit(pa.concat_tables(parts[split]), cfg=_pack_config(cfg, split), source=source,
+                           unit_column=UNIT_COLUMN, order_column=None, lang_column=LANG_COLUMN if val else None,
+                           middle_column=middle)
+        written = write_packed(packed, folder, f"u{unit:010d}", cfg.rows_per_shard, shard_schema(val, middle is not None))
+        results.append({"split": split, **written})
+    return results
+
+
+def _pack_config(cfg: PrepareConfig, split: str) -> PackConfig:
+    """Held-out shards pad each file's last sequence rather than drop it."""
+    return PackConfig(seq_len=cfg.seq_len, drop_tail=cfg.drop_tail and split != "val")
+
+
+def _run_files(cfg: PrepareConfig, work: list[tuple[str, dict[str, str], str, int]]) -> dict[str, list[dict[str, Any]]]:
+    """``prepare_file`` for every ``(source, folders, path, unit)`` of ``work`` as Ray tasks of
+    one CPU each, at most ``cfg.concurrency`` submitted at a time; the counts per source."""
+    import ray
+
+    task = ray.remote(prepare_file).options(num_cpus=1, **cfg.ray.remote_args)
+    window = cfg.concurrency or len(work)
+    results: dict[str, list[dict[str, Any]]] = {source: [] for source, *_ in work}
+    pending: dict[Any, str] = {}
+    todo = iter(work)
+    with console.stage("prepare", total=len(work), unit="file") as progress:
+        try:
+            while True:
+                for source, folders, path, unit in itertools.islice(todo, window - len(pending)):
+                    pending[task.remote(cfg, folders, source, path, unit)] = source
+                if not pending:
+                    progress.done(f"{progress.counts.get('tokens', 0):,.0f} tokens from {len(work)} "
+                                  f"file{'s' * (len(work) > 1)}, packed to {cfg.seq_len}")
+                    return results
+                done, _ = ray.wait(list(pending), num_returns=1)
+                rows = ray.get(done[0])
+                results[pending.pop(done[0])].extend(rows)
+                progress.advance(1, docs=sum(r["_docs"] for r in rows), tokens=sum(r["_tokens_in"] for r in rows))
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
 
 
 def source_files(paths: list[str]) -> list[str]:
@@ -195,41 +274,6 @@ def _check_text_field(path: str, text_field: str) -> None:
     names = pq.read_schema(p, filesystem=fs).names
     if text_field not in names:
         raise InputError(f"{path}: no {text_field!r} column (columns: {', '.join(names)})")
-
-
-def _read_dataset(cfg: PrepareConfig, files: list[str], split: Split):
-    import ray
-
-    ds = ray.data.from_items([{"path": p, "unit": i} for i, p in enumerate(files)],
-                             override_num_blocks=max(1, len(files)))
-    return ds.map_batches(_read_file, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"text_field": cfg.text_field, "batch_rows": cfg.batch_size, "split": split,
-                                     "val": cfg.val, "lang_field": cfg.lang_field}, **cfg.ray.remote_args)
-
-
-def build_source_dataset(cfg: PrepareConfig, files: list[str], split: Split = "all"):
-    """The lazy plan of one source's ``split``: read per file -> tokenize (+FIM) in an actor pool."""
-    from ray.data import ActorPoolStrategy
-
-    tok_cfg = TokenizeConfig(model=cfg.tokenizer, add_bos=cfg.add_bos, add_eos=True)
-    return _read_dataset(cfg, files, split).map_batches(TokenizeFIM, fn_constructor_args=(tok_cfg, cfg.fim, split == "val"), batch_format="pyarrow",
-                          batch_size=cfg.batch_size,
-                          compute=ActorPoolStrategy(min_size=1, max_size=cfg.actor_pool_size), **cfg.ray.remote_args)
-
-
-def _split_data(cfg: PrepareConfig, files: list[str], split: Split):
-    """What ``write_token_shards`` packs for ``split``: the source's plan, or no tables when no
-    document falls in the split (a small source, a small fraction), which Ray Data's groupby
-    cannot shuffle; a streaming read that stops at the first document of the split tells."""
-    if split != "all" and not _read_dataset(cfg, files, split).take(1):
-        return []
-    return build_source_dataset(cfg, files, split)
-
-
-def _partitions(num_files: int) -> int:
-    import ray
-
-    return max(1, min(num_files, 4 * int(ray.cluster_resources().get("CPU", 1))))
 
 
 def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
@@ -253,23 +297,26 @@ def prepare(cfg: PrepareConfig, out_dir: str, overwrite: bool = False) -> dict[s
     summary: dict[str, Any] = {"tokenizer_hash": h, "seq_len": cfg.seq_len, "sources": {}}
     keys = ("num_sequences", "num_tokens", "documents", "document_tokens", "dropped_tokens", "padded_tokens",
             "waste_fraction")
+    folders = {name: {"train": f"{out}/{name}", "val": f"{out}/{name}/{VAL_DIR}"} if cfg.val
+               else {"all": f"{out}/{name}"} for name in files}
+    for name in files:
+        for folder in folders[name].values():
+            clear_output(folder, overwrite)
+    results = _run_files(cfg, [(name, folders[name], path, unit) for name, paths in files.items()
+                               for unit, path in enumerate(paths)])
     for name, paths in files.items():
-        common = {"source": name, "tokenizer_hash": h, "rows_per_shard": cfg.rows_per_shard, "overwrite": overwrite,
-                  "num_partitions": _partitions(len(paths)), "shuffle": cfg.shuffle,
-                  "remote_args": cfg.ray.remote_args}
         extra = {"inputs": paths, "config": to_dict(cfg)}
-        split_keys = {"split": "train", "val": VAL_DIR} if cfg.val else {}
-        manifest = write_token_shards(_split_data(cfg, paths, "train" if cfg.val else "all"),
-                                      f"{out}/{name}", cfg.seq_len, drop_tail=cfg.drop_tail,
-                                      extra={**extra, **split_keys}, **common)
-        summary["sources"][name] = {k: manifest[k] for k in keys}
-        summary["sources"][name]["path"] = f"{out}/{name}"
-        if cfg.val:
-            val = write_token_shards(_split_data(cfg, paths, "val"), f"{out}/{name}/{VAL_DIR}", cfg.seq_len,
-                                     drop_tail=False, lang_column=LANG_COLUMN, extra={**extra, "split": "val"},
-                                     middle_column=MIDDLE_COLUMN if cfg.fim else None,
-                                     **common)
-            summary["sources"][name]["val"] = {k: val[k] for k in keys} | {"path": f"{out}/{name}/{VAL_DIR}"}
+        for split, folder in folders[name].items():
+            val = split == "val"
+            split_keys = {"split": "val"} if val else {"split": "train", "val": VAL_DIR} if cfg.val else {}
+            flags = {"langs": True} | ({"fim_middle": True} if cfg.fim else {}) if val else {}
+            manifest = finish_shards(folder, [r for r in results[name] if r["split"] == split],
+                                     _pack_config(cfg, split), name, h, {**flags, **extra, **split_keys})
+            stats = {k: manifest[k] for k in keys} | {"path": folder}
+            if val:
+                summary["sources"][name]["val"] = stats
+            else:
+                summary["sources"][name] = stats
     summary["num_tokens"] = sum(s["num_tokens"] for s in summary["sources"].values())
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     fs, root = filesystem(out)

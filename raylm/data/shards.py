@@ -17,11 +17,14 @@
 * With ``middle_column`` (held-out shards with FIM): ``fim_middle`` list<int8> of ``seq_len``,
   1 at the tokens of FIM middles; the manifest says ``"fim_middle": true``.
 
-Nothing is collected on one node: documents are grouped by unit with a Ray Data shuffle
-(``groupby(unit).map_groups``), each group (one file's worth) is packed in one task, and the
-sequences stream to a ``Datasink`` whose write tasks write the shards. Only counts come back
-to the driver, which renames the shards in ``seq_id`` order and writes the manifest. Each
-unit drops (or pads) its own last incomplete sequence: about ``seq_len / 2`` tokens per unit,
+Nothing is collected on one node. ``raylm prepare`` has each unit's documents in one task
+already (a file never leaves its task): it packs them with ``pack_unit`` and writes them with
+``write_packed`` (files named by the unit). ``write_token_shards``, for documents that arrive
+in any order (a ``ray.data.Dataset`` or a list of tables), groups them by unit with a Ray Data
+shuffle (``groupby(unit).map_groups(pack_unit)``) and streams the sequences to a ``Datasink``
+whose write tasks write the shards. Either way only counts come back to the driver, which
+renames the shards in ``seq_id`` order and writes the manifest (``finish_shards``). Each unit
+drops (or pads) its own last incomplete sequence: about ``seq_len / 2`` tokens per unit,
 recorded in the manifest's ``waste_fraction``.
 
 ``open_token_dataset`` reads the shards back as a ``ray.data.Dataset`` sorted by ``seq_id``.
@@ -83,7 +86,7 @@ def shard_schema(langs: bool = False, fim_middle: bool = False) -> pa.Schema:
     return pa.schema(fields + ([("fim_middle", pa.list_(pa.int8()))] if fim_middle else []))
 
 
-def _pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: str,
+def pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: str,
                order_column: str | None, lang_column: str | None = None,
                middle_column: str | None = None) -> pa.Table:
     """map_groups function: pack one unit's documents (in ``order_column`` order) and number
@@ -147,39 +150,53 @@ class TokenShardSink(Datasink):
     def write(self, blocks, ctx) -> dict[str, Any]:
         parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
         parts = [p for p in parts if p.num_rows]
-        result: dict[str, Any] = {"files": [], "sources": {}, "units": {}}
-        result.update({name: 0 for name in _STAT_COLUMNS})
         if not parts:
-            return result
-        table = pa.concat_tables(parts)
-        for name in _STAT_COLUMNS:
-            result[name] = int(pc.sum(table.column(name)).as_py() or 0)
-        seqs = table.filter(pc.greater_equal(table.column("seq_id"), 0))
-        seqs = seqs.select(self.schema.names).cast(self.schema)
-        if not seqs.num_rows:
-            return result
-        seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
-        fs, root = filesystem(self.out)
-        fs.create_dir(root, recursive=True)
-        tag = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        for j, lo in enumerate(range(0, seqs.num_rows, self.rows_per_shard)):
-            part = seqs.slice(lo, self.rows_per_shard)
-            name = f"_tmp-{tag}-{j:05d}.parquet"
-            pq.write_table(part, f"{root}/{name}", filesystem=fs)
-            result["files"].append({"file": name, "rows": part.num_rows,
-                                    "min_seq_id": int(part.column("seq_id")[0].as_py())})
-        for src, count in zip(*np.unique(np.asarray(seqs.column("source").to_pylist(), dtype=object),
-                                          return_counts=True)):
-            result["sources"][str(src)] = int(count)
-        units, counts = np.unique(seqs.column("seq_id").to_numpy() >> UNIT_SHIFT, return_counts=True)
-        result["units"] = {int(u): int(c) for u, c in zip(units, counts)}
-        return result
+            return _empty_result()
+        return write_packed(pa.concat_tables(parts), self.out, f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}",
+                            self.rows_per_shard, self.schema)
 
     def on_write_complete(self, write_result) -> None:
         self.results = list(write_result.write_returns)
 
 
-def _clear(out: str, overwrite: bool) -> None:
+def _empty_result() -> dict[str, Any]:
+    return {"files": [], "sources": {}, "units": {}, **{name: 0 for name in _STAT_COLUMNS}}
+
+
+def write_packed(table: pa.Table, out: str, tag: str, rows_per_shard: int, schema: pa.Schema) -> dict[str, Any]:
+    """Write packed sequences (``pack_unit`` tables, stats rows included) to temporary files
+    ``out/_tmp-<tag>-NNNNN.parquet`` of at most ``rows_per_shard`` rows in ``seq_id`` order;
+    returns the files and counts for ``finish_shards``. A ``tag`` that names the work (a unit)
+    makes a retried write replace its files rather than add to them."""
+    result = _empty_result()
+    for name in _STAT_COLUMNS:
+        result[name] = int(pc.sum(table.column(name)).as_py() or 0)
+    seqs = table.filter(pc.greater_equal(table.column("seq_id"), 0))
+    seqs = seqs.select(schema.names).cast(schema)
+    if not seqs.num_rows:
+        return result
+    ids = seqs.column("seq_id").to_numpy()
+    if np.any(np.diff(ids) < 0):
+        seqs = seqs.take(pc.sort_indices(seqs, [("seq_id", "ascending")]))
+        ids = seqs.column("seq_id").to_numpy()
+    fs, root = filesystem(out)
+    fs.create_dir(root, recursive=True)
+    for j, lo in enumerate(range(0, seqs.num_rows, rows_per_shard)):
+        part = seqs.slice(lo, rows_per_shard)
+        name = f"_tmp-{tag}-{j:05d}.parquet"
+        pq.write_table(part, f"{root}/{name}", filesystem=fs)
+        result["files"].append({"file": name, "rows": part.num_rows, "min_seq_id": int(ids[lo])})
+    sources = seqs.column("source").combine_chunks().dictionary_encode()
+    counts = np.bincount(sources.indices.to_numpy(zero_copy_only=False), minlength=len(sources.dictionary))
+    result["sources"] = {str(src): int(c) for src, c in zip(sources.dictionary.to_pylist(), counts) if c}
+    units, counts = np.unique(ids >> UNIT_SHIFT, return_counts=True)
+    result["units"] = {int(u): int(c) for u, c in zip(units, counts)}
+    return result
+
+
+def clear_output(out: str, overwrite: bool) -> None:
+    """Make ``out`` ready for new shards: refuse a non-empty folder unless ``overwrite``, then
+    delete the shards, temporary files and manifest a former run left (nothing else)."""
     fs, root = filesystem(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
@@ -246,7 +263,7 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
         num_partitions = num_partitions or max(1, len(tables))
     else:
         ds = data  # not checked here: ds.schema() would run the plan's first stages
-    _clear(out_dir, overwrite)
+    clear_output(out_dir, overwrite)
     sink = TokenShardSink(out_dir, rows_per_shard, langs=lang_column is not None,
                           fim_middle=middle_column is not None)
     sink.on_write_start()
@@ -254,20 +271,22 @@ this shuffle best); ``shuffle`` picks Ray Data's shuffle (``shuffle_strategy``);
         keep = ["tokens", unit_column] + [c for c in (order_column, lang_column, middle_column) if c]
         with shuffle_strategy(shuffle):
             packed = ds.select_columns(keep).groupby(unit_column, num_partitions=num_partitions).map_groups(
-                _pack_unit, batch_format="pyarrow",
+                pack_unit, batch_format="pyarrow",
                 fn_kwargs={"cfg": cfg, "source": source, "unit_column": unit_column, "order_column": order_column,
                            "lang_column": lang_column, "middle_column": middle_column},
                 **(remote_args or {}))
             packed.write_datasink(sink)
-    return _finish(out_dir, sink.results, cfg, source, tokenizer_hash,
+    return finish_shards(out_dir, sink.results, cfg, source, tokenizer_hash,
                    {**({"langs": True} if lang_column else {}), **({"fim_middle": True} if middle_column else {}),
                     **(extra or {})})
 
 
-def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source: str,
-            tokenizer_hash: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """Rename the temporary files to ``shard-NNNNN.parquet`` in ``seq_id`` order; write the manifest."""
+def finish_shards(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source: str,
+                  tokenizer_hash: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Rename the temporary files of ``results`` (``write_packed``'s) to ``shard-NNNNN.parquet``
+    in ``seq_id`` order; write the manifest and return it."""
     fs, root = filesystem(out_dir)
+    fs.create_dir(root, recursive=True)  # a split no document fell in has no shards, but a manifest
     written = sorted((f for r in results for f in r["files"]), key=lambda f: f["min_seq_id"])
     shards = []
     for i, r in enumerate(written):
@@ -277,8 +296,8 @@ def _finish(out_dir: str, results: list[dict[str, Any]], cfg: PackConfig, source
     totals = {name: sum(r[name] for r in results) for name in _STAT_COLUMNS}
     units: dict[int, int] = {}
     for r in results:
-        for u, n in r["units"].items():
-            units[u] = units.get(u, 0) + n
+        for u, n in r["units"].items():  # keys are strings after a JSON round trip
+            units[int(u)] = units.get(int(u), 0) + n
     by_source: dict[str, int] = {}
     for r in results:
         for src, n in r["sources"].items():

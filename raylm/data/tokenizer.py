@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from raylm import console
 from raylm.config import ConfigError, to_dict
 from raylm.data.corpus import read_parquet_v1, sort_inputs, uniform
 from raylm.storage import InputError
@@ -228,6 +229,8 @@ def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | N
     held: list[tuple[str, str | None]] = []
     seen = {"docs": 0, "chars": 0, "sentences": 0}
 
+    progress = console.stage("tokenizer", unit="doc")
+
     def sentences() -> Iterator[str]:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=1024):
             parts = batch.column("part").to_numpy()
@@ -241,13 +244,17 @@ def train_tokenizer(inputs: list[str], out_prefix: str, cfg: TokenizerConfig | N
                     continue
                 seen["docs"] += 1
                 seen["chars"] += len(text)
+                progress.advance(1, docs=1, bytes=len(text.encode()))
                 for s in _chunks(text, cfg.max_sentence_length):
                     seen["sentences"] += 1
                     yield s
+        progress.phase(f"training a {cfg.vocab_size}-piece {cfg.model_type} model")
 
     out = Path(out_prefix)
     try:
-        train_from_iterator(sentences(), out_prefix, cfg)
+        with progress:
+            train_from_iterator(sentences(), out_prefix, cfg)
+            progress.done(f"{cfg.model_type}, {cfg.vocab_size} pieces from {seen['docs']} docs")
     except RuntimeError as exc:
         if seen["docs"] == 0:
             raise TokenizerError(

@@ -46,3 +46,36 @@ def mup_lr_scale(cfg: ModelConfig) -> dict[str, float]:
     if cfg.parametrization != "mup" or m == 1.0:
         return {}
     return dict.fromkeys(HIDDEN_PATTERNS + (MTP_HIDDEN_PATTERNS if cfg.mtp_heads else ()), 1.0 / m)
+
+
+def fold_multipliers(cfg: ModelConfig, state_dict: dict) -> tuple[ModelConfig, dict]:
+    """The same function in standard parametrisation: ``(cfg', state_dict')`` such that
+    ``Transformer(cfg')`` with ``state_dict'`` computes exactly the logits of ``Transformer(cfg)``
+    with ``state_dict`` (up to float rounding), with every multiplier 1 and the attention scale
+    the kernels' ``1/sqrt(head_dim)``, as a model without μP's knobs (Hugging Face Llama) has
+    them. ``input_mult`` goes into the embedding rows, ``output_mult / width_mult`` into the
+    output matrix, and the attention scale's ratio to SP's, ``1/sqrt(width_mult)``, into every
+    ``wq`` (q is linear in ``wq`` and the rotary embedding is a rotation). A tied matrix that
+    would need two scales is untied. Tensors are not changed in place; an SP config comes back
+    as it is."""
+    import dataclasses
+
+    logit_mult = cfg.output_mult / cfg.width_mult
+    if cfg.parametrization == "sp" and cfg.input_mult == 1.0 and logit_mult == 1.0:
+        return cfg, state_dict
+    out = dict(state_dict)
+    emb = state_dict["tok_embeddings.weight"]
+    tie = cfg.tie_embeddings and cfg.input_mult == logit_mult
+    if cfg.tie_embeddings and not tie:
+        out["lm_head.weight"] = emb * logit_mult
+    elif not cfg.tie_embeddings:
+        out["lm_head.weight"] = state_dict["lm_head.weight"] * logit_mult
+    out["tok_embeddings.weight"] = emb * cfg.input_mult
+    if cfg.parametrization == "mup":  # attention scores: sqrt(base_head_dim)/head_dim = SP's / sqrt(m)
+        q_scale = cfg.width_mult ** -0.5
+        for name, w in state_dict.items():
+            if name.endswith("attention.wq.weight"):
+                out[name] = w * q_scale
+    sp = dataclasses.replace(cfg, parametrization="sp", base_width=None, input_mult=1.0, output_mult=1.0,
+                             tie_embeddings=tie)
+    return sp, out

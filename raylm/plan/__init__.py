@@ -16,9 +16,24 @@ model and our strategies):
   code (``raylm.model.transformer``) per token and block: the RMSNorm inputs, normalised
   values and inverse RMS, q, k, v and the attention output with its log-sum-exp, the SwiGLU
   inputs and products; plus SDPA's dense document mask, the final norm, the logits and the
-  fp32 log-softmax. Checkpointed modules keep only their input.
-* ``backward_extra``: the largest transient of the backward pass (the logits' gradient, and
-  one block recomputed under checkpointing); it counts in the total.
+  fp32 log-softmax. Checkpointed modules keep only their input. Under DDP's bf16 autocast the
+  residual stream and norms stay fp32, every linear saves its own bf16 cast of its input, and
+  the bf16 casts of the weights are saved too. With ``compile`` (``scale.compile``) a block
+  keeps what Inductor's partitioner hands its backward (its input, the linears' bf16 inputs,
+  q, k, v, the attention output and the products around SwiGLU; the norms and the silu are
+  recomputed) and the compiled loss keeps the logits with their log-sum-exp, no fp32
+  log-softmax (``_block_activations`` says which tensors; ``tests/test_plan.py`` reads them
+  from a real block on CPU).
+* ``backward_extra``: the largest transient of the backward pass (the logits' gradient, fp32,
+  or in the compute dtype when the loss is compiled; and one block recomputed under
+  checkpointing); it counts in the total.
+
+The total is the larger of two peaks: the start of the backward pass (everything above;
+gradients only where they have a buffer of their own through the forward, DDP's buckets when
+it wraps and ZeRO's partitions, else backward makes them and ``zero_grad`` frees them) and the
+optimizer step (parameters, gradients, optimizer state). Measured on one H200 it is within
++1% to +4% of compiled runs and +1% to +7% of eager ones (125m to 7b,
+``benchmarks/results/plan_validation.json``, ``gpu_rows``).
 
 Time: ``tokens_per_step * flops_per_token / (gpus * peak * mfu)`` at a stated MFU, times 4/3
 for the recomputed share under checkpointing. Tokens: Chinchilla-optimal ``D = 20 N``
@@ -64,6 +79,9 @@ class PlanConfig:
     peak_tflops: float | None = None
     precision: Literal["bf16", "fp32"] = "bf16"
     """Weights and activations in compute (bf16 mixed precision keeps fp32 master weights)."""
+    compile: bool = False
+    """The blocks and the loss are ``torch.compile``d (``scale.compile``): fewer activations kept
+    for backward and no fp32 log-softmax (see ``_block_activations``)."""
     packed_sdpa: bool = False
     """Rows are packed documents and attention is SDPA with a dense document mask (no
     flash-attn): SDPA keeps an additive ``L x L`` mask per sequence and block."""
@@ -128,15 +146,46 @@ def _counts(m: ModelConfig, tp: int) -> dict[str, float]:
     return {"total": root + blocks + m.mtp_params, "root": root, "block": block_matrices / tp + 2 * d}
 
 
-def _block_activations(m: ModelConfig, mode: str, act: int, tokens: float, masks: float, tp: int) -> float:
+def _block_activations(m: ModelConfig, mode: str, act: int, tokens: float, masks: float, tp: int,
+                       style: str = "pure", res: int | None = None) -> float:
     """Bytes one block keeps for backward for ``tokens`` tokens (``mode``: none, mlp,
-    attention, full); ``masks``: bytes of SDPA's dense mask per block."""
+    attention, full); ``masks``: bytes of SDPA's dense mask per block. ``style``:
+
+    * "pure": one dtype throughout (fp32, or bf16 parameters under FSDP2 / DeepSpeed);
+    * "autocast": DDP's bf16 autocast over fp32 parameters: the residual stream and the norms
+      stay fp32, and every linear saves its own bf16 cast of its input (q, k and v each one);
+    * "compiled": ``torch.compile``d blocks (autocast or not): Inductor's min-cut partitioner
+      keeps the block input and the inverse RMS and recomputes the norms and SwiGLU's silu in
+      backward; it keeps the bf16 inputs of the linears, q, k, v, the attention output (in
+      SDPA's layout and the o-projection's) and the o-projection's output (from which it
+      recomputes the fp32 residual), w1 x, w3 x and their product.
+
+    The autocast and compiled counts are the tensors a block saves under CPU bf16 autocast,
+    read with saved-tensor hooks (eager) and from AOTAutograd's partitioned forward graph
+    (compiled) in ``tests/test_plan.py``. ``res``: bytes of the residual stream's elements
+    (fp32 under autocast; default ``act``)."""
     d, kv, f, h = m.d_model, m.kv_heads * m.head_dim, m.ffn_dim, m.n_heads
-    norm = 3 * d * act + 4  # input, normalised, output; fp32 inverse RMS
-    attention = (2 * d + 2 * kv) / tp * act + 4 * h / tp  # q, output; k, v; fp32 log-sum-exp
-    mlp = 4 * f / tp * act  # w1 x, w3 x, silu(w1 x), their product
+    res = act if res is None else res
+    if style == "compiled":
+        attention = res * d + 4 + 2 * act * d + act * (3 * d + 2 * kv) / tp + 4 * h / tp  # input, rstd, h, o out
+        mlp = 4 + act * d + 3 * act * f / tp  # rstd, h2; w1 x, w3 x, their product
+        if mode == "full":
+            return tokens * res * d
+        if mode == "mlp":
+            return tokens * (attention + res * d) + masks
+        if mode == "attention":
+            return tokens * (res * d + mlp)
+        return tokens * (attention + mlp) + masks
+    if style == "autocast":
+        norm = 2 * res * d + 4  # fp32 input and normalised value; fp32 inverse RMS
+        attention = 3 * act * d + act * (2 * d + 2 * kv) / tp + 4 * h / tp  # q/k/v input casts; q, k, v, output
+        mlp = 2 * act * d + 4 * act * f / tp  # w1/w3 input casts; w1 x, w3 x, silu(w1 x), their product
+    else:
+        norm = 3 * d * act + 4  # input, normalised, output; fp32 inverse RMS
+        attention = (2 * d + 2 * kv) / tp * act + 4 * h / tp  # q, output; k, v; fp32 log-sum-exp
+        mlp = 4 * f / tp * act  # w1 x, w3 x, silu(w1 x), their product
     if mode == "full":
-        return tokens * d * act  # the block's input
+        return tokens * d * res  # the block's input
     if mode == "mlp":
         return tokens * (2 * norm + attention) + masks
     if mode == "attention":
@@ -147,7 +196,8 @@ def _block_activations(m: ModelConfig, mode: str, act: int, tokens: float, masks
 def memory(cfg: PlanConfig, strategy: str, checkpointing: str) -> dict[str, float]:
     """Per-GPU bytes of ``strategy`` (ddp, fsdp2, zero1, zero2, zero3, zero3_offload) with
     ``checkpointing`` (none, mlp, attention, every_n, full): parameters, gradients,
-    optimizer, gathered, activations, backward_extra and total."""
+    optimizer, gathered, activations, backward_extra and total, the larger of the two peaks
+    (see the module docstring)."""
     m, tp = cfg.model, cfg.tensor_parallel
     dp = cfg.num_gpus // tp
     c = _counts(m, tp)
@@ -170,25 +220,35 @@ def memory(cfg: PlanConfig, strategy: str, checkpointing: str) -> dict[str, floa
         gathered = bucket if stage == 3 else 0.0  # live gathered parameters, at most a bucket
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
+    autocast = strategy == "ddp" and cfg.precision == "bf16"  # raylm.train.parallel.autocast
+    style = "compiled" if cfg.compile else "autocast" if autocast else "pure"
+    res = 4 if autocast else w
     tokens = cfg.micro_batch_size * cfg.length
     # SDPA turns the boolean document mask into an additive one of the compute dtype and saves it
     masks = w * cfg.micro_batch_size * cfg.length**2 if cfg.packed_sdpa else 0.0
     if checkpointing == "every_n":
         k = math.ceil(m.n_layers / cfg.checkpoint_every)
-        blocks = (k * _block_activations(m, "full", w, tokens, masks, tp)
-                  + (m.n_layers - k) * _block_activations(m, "none", w, tokens, masks, tp))
+        blocks = (k * _block_activations(m, "full", w, tokens, masks, tp, style, res)
+                  + (m.n_layers - k) * _block_activations(m, "none", w, tokens, masks, tp, style, res))
     else:
-        blocks = m.n_layers * _block_activations(m, checkpointing, w, tokens, masks, tp)
+        blocks = m.n_layers * _block_activations(m, checkpointing, w, tokens, masks, tp, style, res)
     logits = tokens * m.vocab_size
-    # final norm, logits, fp32 log-softmax, labels; fp32 rotary cos and sin gathered per row
-    # of positions when rows are packed (else one table for all rows)
+    # final norm (input, normalised, the output projection's input), logits with, uncompiled,
+    # the fp32 log-softmax (compiled: only the log-sum-exp), labels; fp32 rotary cos and sin
+    # gathered per row of positions when rows are packed (else one table for all rows)
     rope = 2 * 4 * (cfg.micro_batch_size if cfg.packed_sdpa else 1) * cfg.length * m.head_dim // 2
-    head = tokens * (3 * m.d_model * w + 4) + logits * (w + 4) + tokens * 8 + rope
-    activations = blocks + head
-    extra = logits * 4
+    norm = tokens * ((2 * res + w) * m.d_model + 4)
+    head = norm + (logits * w + tokens * 4 if cfg.compile else logits * (w + 4)) + tokens * 8 + rope
+    # autocast saves every linear's bf16 weight cast for backward (the blocks' and the output projection's)
+    casts = w * (n - c["root"] + m.vocab_size * m.d_model - m.n_layers * 2 * m.d_model) if autocast else 0.0
+    activations = blocks + head + casts
+    extra = logits * (w if cfg.compile else 4)  # the logits' gradient (compiled: fused, in the compute dtype)
     if checkpointing != "none":
-        extra += _block_activations(m, "none", w, tokens, masks, tp)
-    total = params + grads + optim + gathered + activations + extra
+        extra += _block_activations(m, "none", w, tokens, masks, tp, style, res)
+    # gradients live through the forward only where they have a buffer of their own (DDP's buckets
+    # when it wraps, ZeRO's partitions); else they are made in backward and freed by zero_grad
+    kept = grads if (strategy == "ddp" and dp > 1) or strategy.startswith("zero") else 0.0
+    total = max(params + kept + optim + gathered + activations + extra, params + grads + optim + gathered)
     return {"parameters": params, "gradients": grads, "optimizer": optim, "gathered": gathered,
             "activations": activations, "backward_extra": extra, "total": total}
 

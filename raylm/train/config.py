@@ -19,6 +19,7 @@ from raylm.model import ModelConfig
 from raylm.model.config import expand_flavor
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
+from raylm.train.tracking import TrackingConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -81,10 +82,16 @@ class CheckpointConfig:
     training goes on: the step that saves waits only for a copy of its state in CPU memory, and
     the checkpoint counts (for a resume, a rollback, ``keep``) once every rank's files are in
     storage; the next save waits for the last. DDP and FSDP2 (DeepSpeed saves its own way)."""
+    preemption_check_every: int = 10
+    """Ask Ray Train every this many steps whether a node of the run is being drained for
+    preemption (``ray.train.get_preemption_info``: a spot reclaim notice, ``ray drain-node
+    --reason DRAIN_NODE_REASON_PREEMPTION``); when one is, checkpoint at that step, before the
+    node goes. Each ask is a barrier of the workers (about 1-3 ms); 0: never ask."""
 
     def validate(self) -> None:
-        if self.every < 0 or self.keep < 1:
-            raise ConfigError(f"checkpoint.every ({self.every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
+        if self.every < 0 or self.keep < 1 or self.preemption_check_every < 0:
+            raise ConfigError(f"checkpoint.every ({self.every}) and checkpoint.preemption_check_every "
+                              f"({self.preemption_check_every}) must be >= 0 and checkpoint.keep ({self.keep}) >= 1")
 
 
 CheckpointMode = Literal["none", "full", "every_n", "mlp", "attention"]
@@ -237,6 +244,10 @@ class ScaleConfig:
     """Elastic runs: how often Ray Train looks for room for more workers while the run is
     healthy (each resize restarts the workers from the latest checkpoint)."""
     use_gpu: bool = False
+    device: Literal["auto", "cpu"] = "auto"
+    """Where the workers compute. "auto": the GPU Ray Train gives each worker with ``use_gpu``
+    (NCCL), else the CPU (gloo). "cpu": the CPU and gloo even on workers that hold a GPU, which
+    is then a scheduling label only (the fake multi-node cluster of ``tests/test_autoscaling.py``)."""
     cpus_per_worker: float = 1.0
     """Logical CPUs each worker holds; fractions leave room for Ray Data on small nodes."""
     resources_per_worker: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -294,6 +305,8 @@ class ScaleConfig:
         if not 1 <= self.min_workers <= self.max_workers or self.cpus_per_worker <= 0:
             raise ConfigError(f"scale.num_workers ({list(self.num_workers) if self.elastic else self.num_workers}) "
                               f"must be >= 1 (and min <= max) and scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+        if self.device not in ("auto", "cpu"):
+            raise ConfigError(f"scale.device: {self.device!r} is not one of ['auto', 'cpu']")
         if self.checkpoint_every < 1 or self.resize_interval_s < 0:
             raise ConfigError(f"scale.checkpoint_every ({self.checkpoint_every}) must be >= 1 and "
                               f"scale.resize_interval_s ({self.resize_interval_s}) >= 0")
@@ -307,7 +320,7 @@ class ScaleConfig:
         if self.tensor_parallel > 1 and self.strategy != "fsdp2":
             raise ConfigError("scale.tensor_parallel > 1 composes with scale.strategy fsdp2 only "
                               f"(got {self.strategy})")
-        if self.fp8 and not self.use_gpu:
+        if self.fp8 and (not self.use_gpu or self.device == "cpu"):
             raise ConfigError("scale.fp8: fp8 matmuls need CUDA GPUs (scale.use_gpu: true) with torchao")
         if self.strategy == "deepspeed":
             self.deepspeed.validate()
@@ -375,6 +388,8 @@ class TrainConfig:
     continual: ContinualConfig = dataclasses.field(default_factory=ContinualConfig)
     """Continual pretraining: start from another run's checkpoint, replay its data, branch its
     WSD decay, report forgetting."""
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    """Experiment tracking from rank 0: ``mlflow: {...}`` and/or ``wandb: {...}``."""
 
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raylm import console
 from raylm.config import to_dict
 from raylm.data.loader import TrainBatches, split_rows
 from raylm.data.mixed_loader import MixedBatches
@@ -43,10 +44,12 @@ from raylm.train.metrics import MetricsLog, mfu, peak_memory_gb, peak_tflops
 from raylm.train.module import StepResult, TrainModule, build_model
 from raylm.train.objective import batch_transform
 from raylm.train.parallel import resolve_precision
+from raylm.train.preemption import PreemptionNotice
 from raylm.train.run import ResolvedRun
 from raylm.train.samples import sample_hook
 from raylm.train.stability import SpikeGuard
 from raylm.train.strategy import build_strategy
+from raylm.train.tracking import Tracker
 
 
 def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int, run_dir: str | None) -> None:
@@ -77,16 +80,14 @@ def _seed_rank(seed: int, rank: int) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = False  # one bar per shuffle window is noise
-    DataContext.get_current().print_on_execution_start = False
+    console.quiet_train_worker()  # no Ray Data bar per shuffle window, no line per report
     run = ResolvedRun.from_dict(config["run"])  # resolved once on the driver (raylm.train.resolve)
     cfg = run.cfg
     run_dir: str | None = config.get("run_dir")  # local storage only: metrics.jsonl, tensorboard/
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = ray.train.torch.get_device() if cfg.scale.device == "auto" else torch.device("cpu")
     precision = resolve_precision(cfg.scale.precision, device)
     strategy = build_strategy(cfg, precision, device)
     model = build_model(cfg, device)
@@ -121,7 +122,9 @@ class Loop:
         self.guard = SpikeGuard(cfg.spike_guard)
         self.step, self.position, self.eval_start = 0, None, None  # eval_start: forgetting's baseline
         self.checkpoints = checkpoint.Checkpointer(cfg.name, rank, cfg.checkpoint.async_save, restored)
-        self.log = MetricsLog(run_dir if rank == 0 else None)
+        self.metrics_log = MetricsLog(run_dir if rank == 0 else None)
+        self.tracker = Tracker(cfg.tracking, rank, self.config, run_dir)  # MLflow / W&B, rank 0 only
+        self.notice = PreemptionNotice(cfg.checkpoint.preemption_check_every, rank)
         self.rollbacks = 0
         self.accum = cfg.grad_accum_at(world)  # the same global batch at any number of workers
         self.node = _node_id()
@@ -171,7 +174,7 @@ class Loop:
                 first = {"step": self.step, **evaluator(self.module.model, self.step)}
                 if cfg.continual.forgetting_sets:
                     self.eval_start = continual.baseline(first)
-                self.log(first)
+                self._log(first)
                 self._report(first, loader, with_checkpoint=False)
                 window.restart()
             while self.step < cfg.steps:
@@ -195,7 +198,8 @@ class Loop:
                     self._rollback()
                 window.tokens += cfg.global_batch_size * seq_len
                 last = self.step >= cfg.steps
-                ckpt_now = last or bool(cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0)
+                ckpt_now = (last or bool(cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0)
+                            or self.notice.due(self.step))  # a node of the run is being preempted
                 eval_now = evaluator.due(self.step)
                 if self.step % cfg.log_every == 0 or last or ckpt_now or eval_now:
                     metrics = self._metrics(result, action, seq_len, window, micro if lengths else None)
@@ -204,14 +208,15 @@ class Loop:
                         if self.eval_start is not None:
                             metrics.update(continual.forgetting(self.eval_start, metrics,
                                                                 cfg.continual.forgetting_sets))
-                    self.log(metrics)
+                    self._log(metrics)
                     self._report(metrics, loader, with_checkpoint=ckpt_now)
                     window.restart()
+            self.tracker.finish()
         finally:
             loader.close()
             if seq_log is not None:
                 seq_log.close()
-            self.log.close()
+            self.metrics_log.close()
 
     def _metrics(self, result: StepResult, action: str, seq_len: int, window: _Window,
                  micro: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -236,6 +241,11 @@ class Loop:
         if util is not None:
             metrics["mfu"] = util
         return metrics
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        """Rank 0: ``metrics.jsonl``, TensorBoard and the experiment trackers."""
+        self.metrics_log(metrics)
+        self.tracker.log(metrics)
 
     def _report(self, metrics: dict[str, Any], loader: Any, with_checkpoint: bool) -> None:
         if not with_checkpoint:

@@ -9,7 +9,8 @@ the same name resumes from the latest one, and with ``max_failures`` a run whose
 preempted spot node) restarts its workers from the latest checkpoint by itself. With local
 storage, rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an
 object store (``s3://``, ``storage_endpoint`` for S3-compatible ones)
-``raylm.train.runlog.RunLog`` writes them there from the driver.
+``raylm.train.runlog.RunLog`` writes them there from the driver. Next to ``config.json``,
+``hardware.json`` records the cluster the run had (for ``raylm.train.report``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raylm import storage
+from raylm import console, storage
 from raylm.cluster import check_paths_on_nodes
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
+from raylm.train.report import hardware
 from raylm.train.runlog import RunLog
 
 
@@ -41,6 +43,17 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     if cfg.scale.use_gpu:
         resources["GPU"] = 1
     return resources
+
+
+def _data_stats_on_this_node() -> None:
+    """Ray Data keeps one detached ``_StatsActor`` per cluster on the node of the process that
+    first runs a dataset. Left to the loader, that is a Train worker's GPU node, which then never
+    becomes idle and is never scaled down; made here first, it lives on the driver's node."""
+    import ray
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    if ray.is_initialized():
+        get_or_create_stats_actor()
 
 
 def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list | None = None):
@@ -65,10 +78,11 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     if not folder:
         callbacks.append(RunLog(fs, path, cfg.name))
     ckpt = cfg.checkpoint
+    _data_stats_on_this_node()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": run.to_dict(), "run_dir": folder},
-        torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu and cfg.scale.device == "auto" else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
                                      resources_per_worker=worker_resources(cfg),
                                      elastic_resize_monitor_interval_s=cfg.scale.resize_interval_s),
@@ -79,9 +93,17 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
             callbacks=callbacks or None,
+            logging_config=console.train_logging(),
         ),
     )
+    _write_json(fs, f"{path}/{cfg.name}/hardware.json", hardware())
     return trainer.fit()
+
+
+def _write_json(fs, path: str, data: dict[str, Any]) -> None:
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
 
 
 def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:

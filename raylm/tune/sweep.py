@@ -116,8 +116,9 @@ def _param_space(sweep: SweepConfig) -> dict[str, Any]:
     return {key: make[kind](values) for key, spec in sweep.search.items() for kind, values in spec.items()}
 
 
-def run_sweep(sweep: SweepConfig, base: dict[str, Any]) -> dict[str, Any]:
-    """Run the sweep on the current Ray cluster; returns ``best.json``'s content."""
+def run_sweep(sweep: SweepConfig, base: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
+    """Run the sweep on the current Ray cluster; returns ``best.json``'s content. ``callbacks``:
+    Tune callbacks on the driver (``raylm tune`` passes ``raylm.tune.table.TrialTable``)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -144,7 +145,7 @@ def run_sweep(sweep: SweepConfig, base: dict[str, Any]) -> dict[str, Any]:
         param_space=_param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
                                     num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials),
-        run_config=tune.RunConfig(name="tune", storage_path=str(root), verbose=0),
+        run_config=tune.RunConfig(name="tune", storage_path=str(root), verbose=0, callbacks=callbacks),
     )
     grid = tuner.fit()
     rows = []

@@ -12,8 +12,8 @@ import pytest
 
 from raylm.cli import main
 from raylm.config import ConfigError, from_dict
-from raylm.data.prepare import PrepareConfig, prepare
-from raylm.data.shards import UNIT_SHIFT, open_token_dataset, read_manifest
+from raylm.data.prepare import PrepareConfig, prepare, prepare_file
+from raylm.data.shards import UNIT_SHIFT, open_token_dataset, read_manifest, write_token_shards
 from raylm.data.tokenizer import EOS_ID, TokenizerConfig, load_tokenizer, tokenizer_hash, train_from_iterator
 from raylm.data.transforms import FIMConfig, fim_transform
 from tests.corpora import KONLPY_CORPUS
@@ -157,6 +157,34 @@ def test_rerun_is_deterministic_and_dataset_is_sorted(prepared, model, curated, 
     assert [list(r["tokens"]) for r in rows[:3]] == a.column("tokens").to_pylist()[:3]
 
 
+def test_output_equals_the_shuffle_writer_and_a_retry_replaces_a_files_shards(prepared, model, curated, tmp_path):
+    """The per-file tasks write what the Ray Data groupby writer (``write_token_shards``, the path
+    prepare took before) makes of the same tokenised files: the same sequences and counts. A task
+    run again on the same file (as Ray retries it) replaces that file's shards."""
+    out, _ = prepared
+    sp = load_tokenizer(model)
+    files = curated["files"]["en"]
+    tables = [pa.table({"tokens": pa.array([sp.encode(t) + [EOS_ID] for t in docs], pa.list_(pa.int32()))})
+              for docs in files]
+    ref = write_token_shards(tables, str(tmp_path / "ref"), SEQ_LEN, source="en", rows_per_shard=20)
+    mine, theirs = read_shards(out / "en"), read_shards(tmp_path / "ref")
+    assert mine.equals(theirs.select(mine.column_names)) and mine.num_rows == ref["num_sequences"]
+    manifest = read_manifest(str(out / "en"))
+    for key in ("units", "num_sequences", "documents", "document_tokens", "dropped_tokens", "waste_fraction"):
+        assert manifest[key] == ref[key], key
+    # a file's shards are contiguous seq_id ranges, in manifest order
+    firsts = [s["first_seq_id"] for s in manifest["shards"]]
+    assert firsts == sorted(firsts) and mine.column("seq_id").to_pylist() == sorted(mine.column("seq_id").to_pylist())
+
+    path = str(sorted((curated["root"] / "en" / "data").glob("*.parquet"))[0])
+    folders = {"all": str(tmp_path / "retry")}
+    first = prepare_file(config(model, curated["root"]), folders, "en", path, 0)
+    names = sorted(p.name for p in (tmp_path / "retry").iterdir())
+    assert prepare_file(config(model, curated["root"]), folders, "en", path, 0) == first
+    assert sorted(p.name for p in (tmp_path / "retry").iterdir()) == names
+    assert sum(f["rows"] for f in first[0]["files"]) == sum(c for u, c in manifest["units"] if u == 0)
+
+
 def test_fim_per_document_and_cli(ray_session, model, curated, tmp_path, capsys):
     fim = FIMConfig(rate=1.0, spm_rate=0.5, seed=3)
     cfg_yaml = tmp_path / "prep.yaml"
@@ -187,6 +215,7 @@ def test_fim_per_document_and_cli(ray_session, model, curated, tmp_path, capsys)
     ({"tokenizer": "t.model", "sources": {"a/b": ["x"]}}, "sources.a/b"),
     ({"tokenizer": "t.model", "sources": {"ko": []}}, "no input paths"),
     ({"tokenizer": "t.model", "sources": {"ko": ["x"]}, "fim": {"rate": 2}}, "rate"),
+    ({"tokenizer": "t.model", "sources": {"ko": ["x"]}, "concurrency": 0}, "concurrency"),
 ])
 def test_bad_config(data, match):
     with pytest.raises(ConfigError, match=match):

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylm.data.packing import PackConfig, Packer
-from raylm.data.shards import UNIT_SHIFT, _pack_unit, open_token_dataset, read_manifest, write_token_shards
+from raylm.data.shards import UNIT_SHIFT, open_token_dataset, pack_unit, read_manifest, write_token_shards
 from raylm.storage import InputError
 
 SEQ_LEN = 16
@@ -30,7 +30,7 @@ def test_pack_unit_orders_rows_and_reports_accounting():
     group = pa.table({"tokens": pa.array(d, pa.list_(pa.int32())), "_unit": [7] * 30, "_row": list(range(30))})
     shuffled = group.take(pa.array(np.random.default_rng(1).permutation(30)))
     kw = {"cfg": PackConfig(seq_len=SEQ_LEN), "source": "s", "unit_column": "_unit", "order_column": "_row"}
-    a, b = _pack_unit(group, **kw), _pack_unit(shuffled, **kw)
+    a, b = pack_unit(group, **kw), pack_unit(shuffled, **kw)
     assert a.equals(b)  # the order inside a unit comes from _row, not from the arrival order
     seqs, stats = a.slice(0, a.num_rows - 1), a.slice(a.num_rows - 1)
     assert stats.column("seq_id").to_pylist() == [-1]

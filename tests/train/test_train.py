@@ -16,6 +16,7 @@ import pytest
 from raylm.cli import main
 from raylm.config import ConfigError
 from raylm.train.config import train_config
+from raylm.train.report import write_report
 from raylm.train.trainer import fit, read_metrics, run_dir
 from tests.train.sample import STEPS, VOCAB, config, losses
 
@@ -98,3 +99,5 @@ def test_spike_guard_skips_and_rolls_back_in_a_real_run(ray_session, shards, tmp
     assert all(r["spike"] for r in rows)
     assert rows[-1]["rollbacks"] >= 1
     assert min(r["loss"] for r in rows) > rows[0]["loss"] - 0.05  # no update was applied
+    page = Path(write_report(run_dir(train_config(d)))).read_text()  # raylm report counts and marks them
+    assert f"<th>spikes skipped / rollbacks</th><td>{STEPS} / {rows[-1]['rollbacks']}</td>" in page

@@ -15,6 +15,7 @@ from raylm.cli import main
 from raylm.config import ConfigError
 from raylm.train.config import train_config
 from raylm.tune.sweep import load_sweep, run_sweep, transfer
+from raylm.tune.table import TrialTable
 from tests.train.sample import config
 
 
@@ -36,7 +37,12 @@ def sweep_yaml(shards, tmp_path) -> Path:
 
 def test_sweep_writes_results_and_best_and_transfers(ray_session, sweep_yaml, tmp_path, capsys):
     sweep, base = load_sweep(sweep_yaml)
-    best = run_sweep(sweep, base)
+    best = run_sweep(sweep, base, callbacks=[TrialTable(list(sweep.search), sweep.metric, sweep.mode, total=2)])
+    table = capsys.readouterr().err.splitlines()  # raylm tune's console: a row per trial as it finishes
+    head = table[0].split()
+    assert head[0] == "trial" and set(head[1:3]) == {"optim.lr", "model.output_mult"}
+    rows = [line.split() for line in table[1:] if line.endswith(" done")]
+    assert len(rows) == 2 and sorted(float(r[head.index("optim.lr")]) for r in rows) == [1e-4, 3e-3]
     root = tmp_path / "sweeps" / "tiny"
     rows = list(csv.DictReader(open(root / "results.csv")))
     assert sorted(float(r["optim.lr"]) for r in rows) == [1e-4, 3e-3]
@@ -54,7 +60,6 @@ def test_sweep_writes_results_and_best_and_transfers(ray_session, sweep_yaml, tm
 
     # raylm train --from-sweep: the best values over the YAML's and --set's (the run itself: the trials)
     train_yaml = tmp_path / "train.yaml"
-    capsys.readouterr()  # what the sweep printed
     code = main(["train", "-c", str(train_yaml), "--from-sweep", str(root / "best.json"), "--print-config",
                  "--set", "model.d_model=128", "--set", "model.n_layers=3", "--set", "optim.lr=1"])
     assert code == 0

@@ -1,21 +1,18 @@
-"""The heuristic quality rules behind ``raylm.curate.steps.quality``, script-aware.
+"""The heuristic quality rules behind ``raylm.curate.steps.quality``, per language.
 
-Each rule is a function of a ``Doc`` (the text plus its lines, words and script counts,
+Each rule is a function of a ``Doc`` (the text plus its lines, words and n-gram hashes,
 computed lazily once and shared by all rules) and its config group; it returns the name of
 the first failing check, or ``None``. Semantics follow the papers and datatrove's filters
-(Gopher quality/repetition, C4, FineWeb), adapted so that Korean, Chinese and Japanese text
-is judged sensibly:
-
-* ``words(text)`` splits on whitespace, but every Han/Hiragana/Katakana character is a word
-  of its own (punctuation that follows it sticks to it). Korean eojeol are whitespace words.
-* The English-centred checks (mean word length, stop words) apply only to text that is
-  mostly Latin script; Korean text gets a particle check instead (``min_korean_particles``).
-* Hangul, Han and Kana characters count double when FineWeb measures a "short" line.
-* Terminal punctuation includes 。！？ and closing quotes; Korean "…다." ends in a period.
+(Gopher quality/repetition, C4, FineWeb). What differs between languages is in ``LangRules``
+(FineWeb-2, Penedo et al. 2025): the segmenter that makes words (``segment.py``), the stop
+words, the rules switched off for the script, and the sentence endings (Korean adds its
+final endings, 다/요/까/..., to the terminal punctuation). The thresholds come per language
+from the quality table (``quality_table.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cached_property
 from itertools import accumulate
@@ -24,24 +21,16 @@ from typing import Any
 import numpy as np
 
 from raylm.curate.minhash import MIX, fmix64
+from raylm.curate.steps import segment
 
-_CJK = (
-    "\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
-    "\U00020000-\U0003134f"
-)
-_HANGUL = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f"
-_WORD_RE = re.compile(rf"[{_CJK}][^\s\w]*|[^\s{_CJK}]+")
-_CJK_RUN_RE = re.compile(rf"[{_CJK}]+")
-_HANGUL_RUN_RE = re.compile(rf"[{_HANGUL}]+")
-_WIDE_RE = re.compile(rf"[{_CJK}{_HANGUL}]")
-_LATIN_RUN_RE = re.compile(r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]+")
-_LETTER_RUN_RE = re.compile(r"[^\W\d_]+")
 _ALPHA_RE = re.compile(r"[^\W\d_]")
 _ALNUM_RE = re.compile(r"[^\W_]")
 _PARAGRAPH_RE = re.compile(r"\n[^\S\n]*\n\s*")
 _CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
-_SCRIPT_SAMPLE = 4000  # characters per slice when judging the script of a long document
 _SENTENCE_END_RE = re.compile(r"[.!?]+[\"'”’」』)\]]*(?=\s|$)|[。！？]+")
+# Korean sentence-final endings: declarative, polite, interrogative, and the nominal endings of
+# notices and statutes (…함, …음, …임, …됨, …것); with or without a final period.
+_KOREAN_END_RE = re.compile(r"(?:다|요|까|죠|함|음|임|됨|것|니다)[\"'”’」』)\]]*$")
 
 BULLETS = ("•", "●", "◦", "▪", "‣", "·", "-", "*", "–", "—", "○", "■", "□", "➢", "►")
 ELLIPSES = ("...", "…")
@@ -52,26 +41,45 @@ FINEWEB_TERMINAL = (*C4_TERMINAL, "…")
 POLICY_SUBSTRINGS = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
 )  # fmt: skip
-GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-# Common Korean particles and endings, checked on an eojeol's last syllable.
-KOREAN_PARTICLES = frozenset("은는이가을를에의와과도로다요며고서면")
 _STRIP_PUNCT = "\"'.,;:!?()[]{}<>«»“”‘’「」『』、。，！？・-–—…"
 
 
-def words(text: str) -> list[str]:
-    """Whitespace words, with each Han/Hiragana/Katakana character counted as a word."""
-    return text.split() if text.isascii() else _WORD_RE.findall(text)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LangRules:
+    """What the rules need to know about a document's language."""
+
+    code: str = "en"
+    segmenter: str = "whitespace"
+    """A name from ``segment.NAMES``."""
+    stop_words: frozenset[str] = frozenset()
+    """Lower-cased; empty switches the stop-word rule off."""
+    stop_words_on: str = "words"
+    """``words``, or ``morphemes`` (Korean: particles and endings)."""
+    off: frozenset[str] = frozenset()
+    """Drop reasons of rules that do not apply to this language."""
+
+    @property
+    def korean(self) -> bool:
+        return self.code == "ko"
+
+    def ends_sentence(self, line: str, terminal: tuple[str, ...]) -> bool:
+        return line.endswith(terminal) or (self.korean and _KOREAN_END_RE.search(line) is not None)
 
 
-def _run_chars(regex: re.Pattern[str], text: str) -> int:
-    return sum(map(len, regex.findall(text)))
+ENGLISH = LangRules(stop_words=frozenset(("the", "be", "to", "of", "and", "that", "have", "with")))
+"""Whitespace words and Gopher's stop words: what the rules assume without a table."""
 
 
 class Doc:
     """One document's text and the views of it the rules share (each computed at most once)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, lang: LangRules = ENGLISH) -> None:
         self.text = text
+        self.lang = lang
+
+    @cached_property
+    def segmenter(self) -> segment.Segmenter:
+        return segment.for_text(self.lang.segmenter, self.text)
 
     @cached_property
     def lines(self) -> list[str]:
@@ -88,7 +96,12 @@ class Doc:
 
     @cached_property
     def words(self) -> list[str]:
-        return words(self.text)
+        return self.segmenter.words(self.text)
+
+    @cached_property
+    def content_words(self) -> list[str]:
+        """Words that are not just symbols."""
+        return list(filter(_ALNUM_RE.search, self.words))
 
     @cached_property
     def word_lengths(self) -> list[int]:
@@ -98,15 +111,6 @@ class Doc:
     def word_chars(self) -> list[int]:
         """Prefix sums of word lengths: chars of words[i:j] = word_chars[j] - word_chars[i]."""
         return list(accumulate(self.word_lengths, initial=0))
-
-    @cached_property
-    def _sample(self) -> str:
-        """The text the script is judged on: all of it, or 3 slices of a long one."""
-        text = self.text
-        if len(text) <= 3 * _SCRIPT_SAMPLE:
-            return text
-        mid = len(text) // 2 - _SCRIPT_SAMPLE // 2
-        return text[:_SCRIPT_SAMPLE] + text[mid : mid + _SCRIPT_SAMPLE] + text[-_SCRIPT_SAMPLE:]
 
     def gram_hashes(self, n: int) -> np.ndarray:
         """One uint64 hash per n-gram of words, combined from per-word hashes on whole arrays.
@@ -123,33 +127,6 @@ class Doc:
                     g = g + h[j : j + m] * MIX[j]
             cache[n] = fmix64(g) if n > 1 else h
         return cache[n]
-
-    @cached_property
-    def letters(self) -> int:
-        if self.text.isascii():
-            return self.latin
-        return _run_chars(_LETTER_RUN_RE, self._sample)
-
-    @cached_property
-    def latin(self) -> int:
-        return _run_chars(_LATIN_RUN_RE, self._sample)
-
-    @cached_property
-    def hangul(self) -> int:
-        return 0 if self.text.isascii() else _run_chars(_HANGUL_RUN_RE, self._sample)
-
-    @cached_property
-    def cjk(self) -> int:
-        return 0 if self.text.isascii() else _run_chars(_CJK_RUN_RE, self._sample)
-
-    @property
-    def is_latin(self) -> bool:
-        """Mostly Latin-script letters."""
-        return self.latin > 0 and 2 * self.latin >= self.letters
-
-    @property
-    def is_korean(self) -> bool:
-        return self.hangul > 0 and 2 * self.hangul >= self.letters
 
 
 def find_duplicates(items: list[str]) -> tuple[int, int]:
@@ -205,15 +182,36 @@ def length_rule(doc: Doc, cfg: Any) -> str | None:
     return None
 
 
+def stop_word_count(doc: Doc, enough: int) -> int:
+    """Stop words of the document's language among its words (or morphemes), counted up to
+    ``enough``; morphemes are analysed line by line only until enough are found."""
+    stop = doc.lang.stop_words
+    found = 0
+    if doc.lang.stop_words_on == "morphemes":
+        seg = doc.segmenter
+        for line in doc.lines:
+            found += sum(1 for m in seg.morphemes(line) if m in stop)  # type: ignore[attr-defined]
+            if found >= enough:
+                return found
+        return found
+    for w in doc.words:
+        if w in stop or w.lower().strip(_STRIP_PUNCT) in stop:
+            found += 1
+            if found >= enough:
+                break
+    return found
+
+
 def gopher_rule(doc: Doc, cfg: Any) -> str | None:
-    """Gopher quality rules (Rae et al. 2021, appendix A)."""
+    """Gopher quality rules (Rae et al. 2021, appendix A), on the language's own words."""
     ws = doc.words
     n_words = len(ws)
-    content = list(filter(_ALNUM_RE.search, ws))  # words that are not just symbols
+    content = doc.content_words
     n_content = len(content)
+    off = doc.lang.off
     if n_content < cfg.min_words or n_content > cfg.max_words:
         return "gopher_word_count"
-    if doc.is_latin and n_content:
+    if n_content and "gopher_mean_word_length" not in off:
         mean = sum(map(len, content)) / n_content
         if mean < cfg.min_mean_word_length or mean > cfg.max_mean_word_length:
             return "gopher_mean_word_length"
@@ -229,28 +227,12 @@ def gopher_rule(doc: Doc, cfg: Any) -> str | None:
             return "gopher_bullet_lines"
         if sum(1 for line in lines if line.endswith(ELLIPSES)) / len(lines) > cfg.max_ellipsis_lines_ratio:
             return "gopher_ellipsis_lines"
-    if n_words and len(list(filter(_ALPHA_RE.search, ws))) / n_words < cfg.min_alpha_words_ratio:
+    if (n_words and "gopher_alpha_words" not in off
+            and len(list(filter(_ALPHA_RE.search, ws))) / n_words < cfg.min_alpha_words_ratio):
         return "gopher_alpha_words"
-    if cfg.min_stop_words > 0 and doc.is_latin:
-        stop = frozenset(w.lower() for w in cfg.stop_words)
-        found = 0
-        for w in ws:
-            if w in stop or w.lower().strip(_STRIP_PUNCT) in stop:
-                found += 1
-                if found >= cfg.min_stop_words:
-                    break
-        else:
-            return "gopher_stop_words"
-    if cfg.min_korean_particles > 0 and doc.is_korean:
-        found = 0
-        for w in ws:
-            w = w.rstrip(_STRIP_PUNCT)
-            if len(w) >= 2 and w[-1] in KOREAN_PARTICLES:
-                found += 1
-                if found >= cfg.min_korean_particles:
-                    break
-        else:
-            return "gopher_korean_particles"
+    if (cfg.min_stop_words > 0 and doc.lang.stop_words and "gopher_stop_words" not in off
+            and stop_word_count(doc, cfg.min_stop_words) < cfg.min_stop_words):
+        return "gopher_stop_words"
     return None
 
 
@@ -276,12 +258,7 @@ def repetition_rule(doc: Doc, cfg: Any) -> str | None:
     if not total:
         return None
     for n, threshold in sorted(cfg.top_ngrams.items()):
-        if len(ws) < n:
-            continue
-        _, first, counts = np.unique(doc.gram_hashes(n), return_index=True, return_counts=True)
-        count = int(counts.max())
-        i = int(first[counts == count].min())  # ties go to the first seen, as Counter.most_common
-        if count > 1 and (doc.word_chars[i + n] - doc.word_chars[i]) * count / total > threshold:
+        if top_ngram_share(doc, n) > threshold:
             return f"rep_top_{n}gram"
     for n, threshold in sorted(cfg.dup_ngrams.items()):
         if len(ws) >= n and _duplicate_ngram_chars(doc, n, threshold, total) > threshold:
@@ -289,10 +266,27 @@ def repetition_rule(doc: Doc, cfg: Any) -> str | None:
     return None
 
 
-def _count_words(line: str, enough: int) -> int:
+def top_ngram_share(doc: Doc, n: int) -> float:
+    """Share of word characters covered by the most frequent n-gram (0 if none repeats)."""
+    total = doc.word_chars[-1]
+    if len(doc.words) < n or not total:
+        return 0.0
+    _, first, counts = np.unique(doc.gram_hashes(n), return_index=True, return_counts=True)
+    count = int(counts.max())
+    i = int(first[counts == count].min())  # ties go to the first seen, as Counter.most_common
+    return (doc.word_chars[i + n] - doc.word_chars[i]) * count / total if count > 1 else 0.0
+
+
+def dup_ngram_share(doc: Doc, n: int) -> float:
+    """Share of word characters inside n-grams that occurred before."""
+    total = doc.word_chars[-1]
+    return _duplicate_ngram_chars(doc, n, 0.0, total) if len(doc.words) >= n and total else 0.0
+
+
+def _count_words(line: str, enough: int, seg: segment.Segmenter) -> int:
     """Words in ``line``, counted only up to ``enough`` when whitespace alone gets there."""
     n = len(line.split(None, enough)) if enough > 0 else 0
-    return n if n >= enough or line.isascii() else len(words(line))
+    return n if n >= enough or line.isascii() or seg.name == "whitespace" else len(seg.words(line))
 
 
 def c4_rule(doc: Doc, cfg: Any) -> tuple[str | None, str, int]:
@@ -304,6 +298,9 @@ def c4_rule(doc: Doc, cfg: Any) -> tuple[str | None, str, int]:
     kept: list[str] = []
     removed = 0
     sentences = 0
+    seg, lang = doc.segmenter, doc.lang
+    terminal_rule = cfg.filter_no_terminal_punct and "c4_terminal_punct" not in lang.off
+    min_sentences = 0 if "c4_too_few_sentences" in lang.off else cfg.min_sentences
     for raw in doc.text.split("\n"):
         line = raw.strip()
         if not line:
@@ -313,9 +310,9 @@ def c4_rule(doc: Doc, cfg: Any) -> tuple[str | None, str, int]:
         if cfg.remove_citations and "[" in line:
             line = _CITATION_RE.sub("", line).strip()
         if (
-            (cfg.filter_no_terminal_punct and (not line.endswith(C4_TERMINAL) or line.endswith("...")))
-            or _count_words(line, cfg.min_words_per_line) < cfg.min_words_per_line
-            or (len(line) > cfg.max_word_length and max(map(len, words(line))) > cfg.max_word_length)
+            (terminal_rule and (not lang.ends_sentence(line, C4_TERMINAL) or line.endswith("...")))
+            or _count_words(line, cfg.min_words_per_line, seg) < cfg.min_words_per_line
+            or (len(line) > cfg.max_word_length and max(map(len, seg.words(line))) > cfg.max_word_length)
         ):
             removed += 1
             continue
@@ -331,17 +328,13 @@ def c4_rule(doc: Doc, cfg: Any) -> tuple[str | None, str, int]:
             removed += 1
             continue
         kept.append(line)
-        if sentences < cfg.min_sentences:  # count only as far as needed
+        if sentences < min_sentences:  # count only as far as needed
             sentences += max(1, len(_SENTENCE_END_RE.findall(line)))
-    if sentences < cfg.min_sentences:
+    if sentences < min_sentences:
         return "c4_too_few_sentences", doc.text, removed
     if not any(kept):
         return "c4_empty", doc.text, removed
     return None, "\n".join(kept).strip("\n"), removed
-
-
-def _display_width(line: str) -> int:
-    return len(line) + len(_WIDE_RE.findall(line))
 
 
 def fineweb_rule(doc: Doc, cfg: Any) -> str | None:
@@ -350,20 +343,18 @@ def fineweb_rule(doc: Doc, cfg: Any) -> str | None:
     if not lines:
         return "fineweb_empty"
     n_lines = len(lines)
-    ratio = sum(1 for line in lines if line.endswith(FINEWEB_TERMINAL)) / n_lines
-    if ratio < cfg.line_punct_thr and not (ratio == 0 and cfg.line_punct_exclude_zero):
-        return "fineweb_line_punct"
+    off = doc.lang.off
+    if "fineweb_line_punct" not in off:
+        ratio = sum(1 for line in lines if doc.lang.ends_sentence(line, FINEWEB_TERMINAL)) / n_lines
+        if ratio < cfg.line_punct_thr and not (ratio == 0 and cfg.line_punct_exclude_zero):
+            return "fineweb_line_punct"
     short = cfg.short_line_length
-    if doc.hangul or doc.cjk:  # wide characters count double
-        n_short = sum(1 for line in lines if len(line) <= short and _display_width(line) <= short)
-    else:
-        n_short = sum(1 for line in lines if len(line) <= short)
-    if n_short / n_lines > cfg.short_line_thr:
+    if "fineweb_short_lines" not in off and sum(1 for line in lines if len(line) <= short) / n_lines > cfg.short_line_thr:
         return "fineweb_short_lines"
     n_chars = len(doc.text) - doc.text.count("\n")
     if n_chars and find_duplicates(lines)[1] / n_chars > cfg.char_duplicates_ratio:
         return "fineweb_char_dup"
     n_words = len(doc.words)
-    if not n_words or doc.text.count("\n") / n_words > cfg.new_line_ratio:
+    if "fineweb_list_ratio" not in off and (not n_words or doc.text.count("\n") / n_words > cfg.new_line_ratio):
         return "fineweb_list_ratio"
     return None

@@ -100,12 +100,26 @@ def test_korean_constitution_is_kept_and_only_headings_are_removed():
     assert result.counters["c4_lines_removed"] >= 1
 
 
-def test_words_helper_is_script_aware():
-    assert rules.words("the cat sat") == ["the", "cat", "sat"]
-    assert rules.words("대한민국은 민주공화국이다.") == ["대한민국은", "민주공화국이다."]
-    assert rules.words("我爱北京。") == ["我", "爱", "北", "京。"]
-    assert rules.words("東京タワー is tall") == ["東", "京", "タ", "ワ", "ー", "is", "tall"]
-    assert len(rules.words(CHINESE)) > 100  # no spaces, still plenty of words
+def test_each_language_gets_its_own_words():
+    step = Quality(QualityConfig())
+    for code, text, min_words in (("zh", CHINESE, 100), ("ja", JAPANESE, 100), ("en", ENGLISH, 150)):
+        _, lang = step.for_lang(step.language(text, None))  # no lang column: read from the script
+        assert lang.code == code
+        words = rules.Doc(text, lang).words
+        assert len(words) > min_words
+    zh_words = rules.Doc(CHINESE, step.for_lang("zh")[1]).words
+    assert "造纸术" in zh_words and "蔡伦" in zh_words  # real words, not one Han character each
+    assert step.language("Der Text ist deutsch und lang genug.", "de") == "de"
+    assert step.language("text", "zh-cn") == "zh" and step.language("text", "und") == "en"
+
+
+def test_counters_say_which_language_judged_each_document():
+    batch = pa.table({"id": ["a", "b", "c"], "text": pa.array([ENGLISH, CHINESE, JAPANESE], pa.large_string()),
+                      "lang": ["en", None, "ja"]})
+    result = Quality(QualityConfig()).apply(batch)
+    assert result.reasons == [None, None, None]
+    assert {k: v for k, v in result.counters.items() if k.startswith("judged_as_")} == {
+        "judged_as_en": 1, "judged_as_zh": 1, "judged_as_ja": 1}
 
 
 # --- junk is dropped with the rule that caught it ----------------------------------------------
@@ -182,12 +196,28 @@ def test_english_word_salad_without_stop_words_fails():
     assert reason(text, cfg) == "gopher_stop_words"
 
 
-def test_korean_is_not_judged_by_english_stop_words_or_word_length():
-    doc = rules.Doc(korean_text())
-    assert doc.is_korean and not doc.is_latin
+def test_korean_stop_words_are_particles_and_endings_among_morphemes():
+    text = korean_text()
+    step = Quality(QualityConfig())
+    _, lang = step.for_lang("ko")
+    assert lang.stop_words_on == "morphemes" and "은" in lang.stop_words
+    assert rules.stop_word_count(rules.Doc(text, lang), 10) >= 10
     cfg = QualityConfig()
-    cfg.gopher.min_korean_particles = 10_000  # the Korean rule is the one that applies
-    assert reason(korean_text(), cfg) == "gopher_korean_particles"
+    cfg.gopher.min_stop_words = 10_000  # set in the config: applies to Korean too
+    assert reason(text, cfg) == "gopher_stop_words"
+    # English's stop words would have dropped it: the table, not English, decides for Korean
+    assert rules.stop_word_count(rules.Doc(text, rules.ENGLISH), 2) == 0
+
+
+GERMAN = """Die Geschichte des Buchdrucks beginnt in der Mitte des fünfzehnten Jahrhunderts, als Johannes Gutenberg, ein Goldschmied aus Mainz, mehrere bekannte Techniken zu einem funktionierenden System verband. Seine beweglichen Lettern aus Metall, die Druckfarbe auf Ölbasis und die hölzerne Presse machten es möglich, Bücher viel schneller und billiger herzustellen, als es die Schreiber je vermocht hatten.
+
+Innerhalb weniger Jahrzehnte gab es Druckereien in mehr als zweihundert Städten Europas. Historiker schätzen, dass vor dem Jahr 1500 Millionen von Bänden gedruckt wurden, und die Verbreitung billiger Bücher veränderte die Art, wie Menschen lernten, stritten und beteten. Gelehrte konnten identische Exemplare eines Textes vergleichen, was es leichter machte, Fehler zu korrigieren."""
+
+
+def test_german_is_judged_by_german_stop_words_from_the_lang_column():
+    batch = pa.table({"id": ["de", "as_en"], "text": pa.array([GERMAN, GERMAN], pa.large_string()),
+                      "lang": ["de", "en"]})
+    assert Quality(QualityConfig()).apply(batch).reasons == [None, "gopher_stop_words"]
 
 
 def test_no_terminal_punctuation_fails_c4_sentences():
