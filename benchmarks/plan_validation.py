@@ -77,24 +77,24 @@ def _batch(shape: dict[str, Any], generator: torch.Generator, device: torch.devi
 
 def _build(shape: dict[str, Any], strategy: str, ac: str, device: torch.device):
     from raylm.optim.optimizers import OptimConfig, build_optimizer
-    from raylm.train.parallel import parallelize
+    from raylm.train.config import train_config
+    from raylm.train.strategy import build_strategy
 
     torch.manual_seed(0)
     model = Transformer(model_config("debug", **shape["model"])).to(device)
     tp = 2 if strategy.endswith("_tp2") else 1
     base = "deepspeed" if strategy.startswith("zero") else strategy.removesuffix("_tp2")
-    model = parallelize(model, base, "fp32", device, ac, checkpoint_every=2, tensor_parallel=tp)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
-    engine = None
+    scale = {"strategy": base, "num_workers": WORLD, "tensor_parallel": tp, "activation_checkpointing": ac,
+             "checkpoint_every": 2}
     if base == "deepspeed":
-        from raylm.train.config import train_config
-        from raylm.train.deepspeed import initialize
-
-        cfg = train_config({"data": {"path": "x"}, "micro_batch_size": shape["micro"], "spike_guard": {"enabled": False},
-                            "scale": {"strategy": "deepspeed", "num_workers": WORLD,
-                                      "deepspeed": {"stage": int(strategy[4]), "bucket_size": 500_000}}})
-        model = engine = initialize(model, optimizer, cfg, "fp32", device)
-    return model, optimizer, engine
+        scale["deepspeed"] = {"stage": int(strategy[4]), "bucket_size": 500_000}
+    cfg = train_config({"data": {"path": "x"}, "micro_batch_size": shape["micro"], "scale": scale,
+                        "spike_guard": {"enabled": base != "deepspeed"}})
+    parallel = build_strategy(cfg, "fp32", device)
+    model = parallel.wrap(model)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+    parallel.setup(optimizer)
+    return parallel.model, optimizer, parallel.model if base == "deepspeed" else None
 
 
 def _worker(rank: int, port: int, cases: list[tuple[str, str, str]], queue) -> None:
@@ -151,7 +151,9 @@ def cpu_table(cases: list[tuple[str, str, str]]) -> list[dict]:
 
 def gpu_table() -> list[dict]:
     """One CUDA device, bf16: peak ``max_memory_allocated`` over a step vs the plan's total."""
-    from raylm.train.parallel import parallelize, unwrap
+    from raylm.train.config import train_config
+    from raylm.train.parallel import unwrap
+    from raylm.train.strategy import build_strategy
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29555", RANK="0", WORLD_SIZE="1")
     dist.init_process_group("nccl", rank=0, world_size=1)
@@ -164,7 +166,9 @@ def gpu_table() -> list[dict]:
 
             torch.manual_seed(0)
             model = Transformer(model_config("debug", **shape["model"])).to(device)
-            model = parallelize(model, strategy, "bf16", device, ac, checkpoint_every=2)
+            tc = train_config({"data": {"path": "x"}, "scale": {"strategy": strategy, "num_workers": 1, "use_gpu": True,
+                                                                "activation_checkpointing": ac, "checkpoint_every": 2}})
+            model = build_strategy(tc, "bf16", device).wrap(model)
             optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
             ids, _ = _batch(shape, torch.Generator().manual_seed(0), device)
             for step in range(2):

@@ -33,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from raylm.model import Transformer, model_config  # noqa: E402
 from raylm.optim.optimizers import OptimConfig, build_optimizer  # noqa: E402
 from raylm.plan import memory, plan_config  # noqa: E402
+from raylm.train.config import train_config  # noqa: E402
 from raylm.train.metrics import peak_tflops  # noqa: E402
-from raylm.train.parallel import parallelize, unwrap  # noqa: E402
+from raylm.train.parallel import unwrap  # noqa: E402
+from raylm.train.strategy import build_strategy  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -70,7 +72,9 @@ def fp8(steps: int) -> dict:
     for name in ("bf16", "fp8"):
         torch.manual_seed(0)
         model = Transformer(cfg).cuda()
-        model = parallelize(model, "ddp", "bf16", torch.device("cuda"), "none", compile=True, fp8=name == "fp8")
+        tc = train_config({"data": {"path": "x"}, "scale": {"strategy": "ddp", "num_workers": 1, "use_gpu": True,
+                                                            "compile": True, "fp8": name == "fp8"}})
+        model = build_strategy(tc, "bf16", torch.device("cuda")).wrap(model)
         optimizer = build_optimizer(model, OptimConfig(lr=3e-4))
         losses, tps = _steps(model, optimizer, None, data, steps, autocast=True)
         out[name] = {"tokens_per_s": tps, "losses": losses}
@@ -95,16 +99,17 @@ def _try(strategy: str, layers: int) -> dict | None:
         with torch.no_grad():
             model.init_weights()
         base = "deepspeed" if strategy.startswith("zero") else strategy
-        model = parallelize(model, base, "bf16", device, "full")
-        optimizer = build_optimizer(model, OptimConfig(lr=3e-4))
+        scale = {"strategy": base, "num_workers": 1, "use_gpu": True, "activation_checkpointing": "full"}
         if base == "deepspeed":
-            from raylm.train.config import train_config
-            from raylm.train.deepspeed import initialize
-
-            tc = train_config({"data": {"path": "x"}, "micro_batch_size": 1, "spike_guard": {"enabled": False},
-                               "scale": {"strategy": "deepspeed", "num_workers": 1, "use_gpu": True,
-                                         "deepspeed": {"stage": 3, "offload_optimizer": True, "offload_params": True}}})
-            model = engine = initialize(model, optimizer, tc, "bf16", device)
+            scale["deepspeed"] = {"stage": 3, "offload_optimizer": True, "offload_params": True}
+        tc = train_config({"data": {"path": "x"}, "micro_batch_size": 1, "scale": scale,
+                           "spike_guard": {"enabled": base != "deepspeed"}})
+        parallel = build_strategy(tc, "bf16", device)
+        model = parallel.wrap(model)
+        optimizer = build_optimizer(model, OptimConfig(lr=3e-4))
+        parallel.setup(optimizer)
+        model = parallel.model
+        engine = model if base == "deepspeed" else None
         data = torch.randint(0, cfg.vocab_size, (2, 1, 2049), device=device)
         _, tps = _steps(model, optimizer, engine, data, 8, autocast=strategy == "ddp")
         peak = peak_tflops(device)

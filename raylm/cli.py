@@ -91,9 +91,9 @@ def _train(args: argparse.Namespace) -> int:
         import yaml
 
         from raylm.config import to_dict
-        from raylm.train.continual import resolve
+        from raylm.train.resolve import resolve_run
 
-        cfg = resolve(cfg)  # as fit() does: a continual run's checkpoint, replay, schedule and eval sets
+        cfg = resolve_run(cfg).cfg  # as fit() does: paths, a continual run's checkpoint, replay, schedule, eval sets
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
     for key, path in ([("data.path", cfg.data.path)] if cfg.data.path else
@@ -126,8 +126,9 @@ def _train(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from raylm.checkpoint import CheckpointError
     from raylm.data.tokenizer import special_ids
-    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.infer.checkpoint import load_model
     from raylm.infer.generate import SamplingConfig
     from raylm.infer.text import complete, infill, resolve_tokenizer
 
@@ -233,13 +234,10 @@ def _coord_check(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from raylm.config import load_yaml, merge, parse_overrides
+    from raylm.config import load_data
     from raylm.plan import plan, plan_config, render
 
-    data = load_yaml(args.config) if args.config else {}
-    if args.set:
-        data = merge(data, parse_overrides(args.set))
-    report = plan(plan_config(data, f"{args.config or '--set'}" + (" (with --set)" if args.config and args.set else "")))
+    report = plan(plan_config(*load_data(args.config, args.set)))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

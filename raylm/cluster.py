@@ -3,7 +3,8 @@ custom resources its data tasks hold.
 
 Every command that runs Ray Data or Ray Train work (curate, tokenizer training, prepare,
 train, tune, recipe) starts here, so the rules are one: join ``address`` or ``RAY_ADDRESS`` if
-given, else start a local Ray sized by ``num_cpus``.
+given, else start a local Ray sized by ``num_cpus``. On a cluster of several nodes,
+``check_paths_on_nodes`` asks every node whether it sees the local paths a run will read.
 """
 
 from __future__ import annotations
@@ -76,3 +77,43 @@ def local_ray_options() -> dict[str, Any]:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+
+
+def worker_nodes() -> list[dict[str, Any]]:
+    """The alive nodes of the connected Ray cluster that can run workers (they have CPUs or GPUs)."""
+    import ray
+
+    return [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) + n["Resources"].get("GPU", 0) > 0]
+
+
+def check_paths_on_nodes(paths: dict[str, str]) -> None:
+    """On a cluster of several nodes, every local path of ``paths`` (config key -> path) must be
+    there on every node that may run a worker: ``ConfigError`` naming the key, the path and the
+    nodes that cannot see it. Each node answers with a task of 0 CPUs pinned to it. Nothing is
+    checked for URIs (``s3://``), outside Ray, or on one node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raylm.config import ConfigError
+
+    local = {k: p for k, p in paths.items() if p and "://" not in p}
+    nodes = worker_nodes() if ray.is_initialized() and local else []
+    if len(nodes) < 2:
+        return
+
+    @ray.remote(num_cpus=0)
+    def missing(ps: list[str]) -> list[str]:
+        return [p for p in ps if not os.path.exists(p)]
+
+    asked = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": missing.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(list(local.values()))
+        for n in nodes}
+    absent: dict[str, list[str]] = {}
+    for node, ref in asked.items():
+        for p in ray.get(ref, timeout=120):
+            absent.setdefault(p, []).append(node)
+    for key, p in local.items():
+        if p in absent:
+            raise ConfigError(f"{key}: {p} is not there on node(s) {', '.join(absent[p])} of the {len(nodes)}-node "
+                              "cluster; every worker reads it: put it on a file system all nodes share, or in "
+                              "object storage (s3://...)")

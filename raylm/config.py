@@ -1,8 +1,10 @@
 """Typed configuration: dataclasses loaded from YAML and overridden with ``--set a.b=value``.
 
-One mechanism serves the CLI, job entrypoints and (later) Tune search spaces: a nested
-dict is merged key by key into a dataclass tree, and every key and type is checked, so a
-typo or a wrong type fails with a message that names the key and the file it came from.
+One mechanism serves the CLI, job entrypoints and Tune search spaces: ``load_data`` reads a
+YAML file and merges ``--set`` overrides (dotted keys, ``set_dotted``, as a sweep's search
+keys are), and ``from_dict`` builds the dataclass tree from the nested dict, checking every
+key and type, so a typo or a wrong type fails with a message that names the key and the file
+it came from.
 """
 
 from __future__ import annotations
@@ -151,6 +153,19 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str = "") -> dict[str, Any]:
+    """Set the dotted ``key`` (``optim.schedule.name``) of nested dict ``data`` in place to
+    ``value``, creating the sections on the way; returns ``data``."""
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where or key}: {part!r} is not a section")
+    node[leaf] = value
+    return data
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -158,14 +173,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {pair!r}: {part!r} is set twice")
-        node[parts[-1]] = value
+        set_dotted(out, key, yaml.safe_load(raw) if raw.strip() else "", f"--set {pair!r}")
     return out
 
 
@@ -198,13 +206,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML file (optional) + ``--set`` overrides -> validated ``cls``."""
+def load_data(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """YAML file (optional) + ``--set`` overrides -> the merged dict and its origin for errors
+    (``PATH``, ``PATH (with --set)`` or ``--set``): the one way a config is read."""
     data = load_yaml(path) if path else {}
     origin = str(path) if path else "--set"
     if overrides:
         data = merge(data, parse_overrides(overrides))
         origin = f"{path} (with --set)" if path else "--set"
+    return data, origin
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """YAML file (optional) + ``--set`` overrides -> validated ``cls``."""
+    data, origin = load_data(path, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

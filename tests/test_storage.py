@@ -70,7 +70,8 @@ def test_train_from_and_to_s3_then_resume_and_continue_from_it(ray_session, s3, 
     objects = _objects(s3, "runs/on-s3")
     ckpt = [k for k in objects if k.endswith("/state.json")]
     assert len(ckpt) == 1 and ckpt[0].startswith("checkpoint_")  # keep: 1 deleted the step-3 one
-    assert {"model.pt", "optim.pt", "rng-rank0.pt"} <= {k.split("/")[-1] for k in objects}
+    assert {"model_and_optim/.metadata", "model_and_optim/__0_0.distcp", "rng-rank0.pt"} <= {
+        k.split("/", 1)[-1] for k in objects}  # the sharded (DCP) checkpoint, in the bucket
     events = [k for k in objects if k.startswith("tensorboard/events.out.tfevents.")]
     assert events and all(objects[k] > 0 for k in events)
 

@@ -12,8 +12,12 @@ carry the stored seq_ids.
 ``TrainBatches`` reads, window after window in the epoch's order, just that window's seq_id
 range (``raylm.data.reader``), keeps only the rows of its own blocks and reorders them in
 memory. A background thread reads ``prefetch`` windows ahead, so memory is bounded by
-``(prefetch + 1) * window / W`` sequences per worker (plus one batch), never the whole dataset.
-Its ``position`` (``DataPosition``) after each batch is what a checkpoint saves.
+``(prefetch + 1) * window / W`` sequences per worker (plus one batch), never the whole dataset;
+with ``timeout_s`` a read that gives nothing for that long raises ``TimeoutError``.
+Its ``position`` (``DataPosition``) after each batch is what a checkpoint saves; with
+``grad_accum`` micro-batches per optimizer step an epoch ends on a whole step, and a position
+saved at another split of the same step size (other workers, micro-batch, accumulation) goes on
+in the same order.
 
 ``TrainBatches.data_wait_s`` is the total time the training loop spent blocked in ``next()``
 (``last_wait_s`` the latest one): near zero when the prefetching keeps up.
@@ -37,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from raylm.data.position import DataPosition, window_ids, window_order
-from raylm.data.reader import SeqSource, Stopped, read_rows
+from raylm.data.reader import SeqSource, Stopped, read_rows, take
 
 IGNORE_INDEX = -100
 
@@ -65,11 +69,13 @@ class TrainBatches:
         num_sequences: int | None = None,
         num_epochs: int | None = None,
         read_batch_size: int = 256,
+        grad_accum: int = 1,
+        timeout_s: float | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= world_rank < world_size:
             raise ValueError(f"bad batch_size={batch_size}, world_rank={world_rank}, world_size={world_size}")
-        if window < 1 or prefetch < 0:
-            raise ValueError(f"bad window={window} or prefetch={prefetch}")
+        if window < 1 or prefetch < 0 or grad_accum < 1:
+            raise ValueError(f"bad window={window}, prefetch={prefetch} or grad_accum={grad_accum}")
         if position is not None and num_sequences is None:
             num_sequences = position.num_sequences
         if seed is None:  # the saved seed, or 0
@@ -78,15 +84,10 @@ class TrainBatches:
         if num_sequences is None:
             num_sequences = self._source.count()
         now = DataPosition(seed=seed, world_size=world_size, batch_size=batch_size, window=window,
-                           num_sequences=num_sequences)
-        if position is not None:
-            position.check_compatible(now)
-            if position.consumed % position.global_batch_size:
-                raise ValueError(f"data position consumed={position.consumed} is not a multiple of "
-                                 f"the global batch size {position.global_batch_size}")
-        if now.steps_per_epoch < 1:
-            raise ValueError(f"{num_sequences} sequences make no global batch of {now.global_batch_size}")
-        self.position = position if position is not None else now
+                           num_sequences=num_sequences, grad_accum=grad_accum)
+        if now.epoch_size < 1:
+            raise ValueError(f"{num_sequences} sequences make no global batch of {now.step_size}")
+        self.position = position.resume_as(now) if position is not None else now
         self.ids = self._source.id_map(num_sequences)
         if self.ids.size != num_sequences:
             raise ValueError(f"num_sequences={num_sequences} but the data holds {self.ids.size}")
@@ -94,6 +95,7 @@ class TrainBatches:
         self.prefetch = prefetch
         self.num_epochs = num_epochs
         self.read_batch_size = read_batch_size
+        self.timeout_s = timeout_s
         self.data_wait_s = 0.0
         self.last_wait_s = 0.0
         self.batches = 0
@@ -140,7 +142,7 @@ class TrainBatches:
         window in order, from the start position on (windows without any are left out)."""
         p = self.position
         B, BW, N, S = p.batch_size, p.global_batch_size, p.num_sequences, p.window
-        end = p.steps_per_epoch * BW  # positions past it are the skipped tail
+        end = p.epoch_size  # positions past it are the skipped tail
         epoch, start = p.epoch, p.consumed
         while self.num_epochs is None or epoch < self.num_epochs:
             pos = 0
@@ -192,7 +194,7 @@ class TrainBatches:
         self._thread = threading.Thread(target=self._reader, args=(q,), daemon=True, name="TrainBatches")
         self._thread.start()
         while True:
-            item = q.get()
+            item = take(q, self.timeout_s, f"{self._source.name}, rank {self.rank}")
             if item is None:
                 return
             if isinstance(item, BaseException):

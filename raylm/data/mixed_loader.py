@@ -17,9 +17,10 @@ training config gives it in optimizer steps and converts). A source is up-sample
 with a warning) when the mix needs more of it than it holds, up to ``max_epochs``.
 
 Resume: ``MixPosition`` holds the Mixer's state (its step, credits, and the epoch and position
-reached in every source) with the seed, world size, batch size, window and source sizes it
-was made with. It is global (rank 0 saves it); restoring it on every rank continues with
-exactly the sequences an uninterrupted run would have seen next.
+reached in every source) with the seed, world size, batch size, accumulation, window and source
+sizes it was made with. It is global (rank 0 saves it); restoring it on every rank continues
+with exactly the sequences an uninterrupted run would have seen next, also at another number
+of workers with the same sequences per optimizer step (``MixPosition.resume_as``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 from raylm.data.loader import make_batch
 from raylm.data.mixing import MixConfig, Mixer
 from raylm.data.position import MixPosition, window_ids, window_order
-from raylm.data.reader import SeqSource, Stopped, read_rows
+from raylm.data.reader import SeqSource, Stopped, read_rows, take
 
 
 def source_seed(seed: int, name: str) -> int:
@@ -49,8 +50,9 @@ class _SourceStream:
     """One source's rows in its order, ``get(epoch, index)`` for increasing positions; a
     background thread reads whole windows ahead (bounded by ``prefetch``)."""
 
-    def __init__(self, name: str, data: Any, seed: int, window: int, prefetch: int, read_batch_size: int) -> None:
-        self.name = name
+    def __init__(self, name: str, data: Any, seed: int, window: int, prefetch: int, read_batch_size: int,
+                 timeout_s: float | None = None) -> None:
+        self.name, self.timeout_s = name, timeout_s
         self.source = SeqSource(data)
         self.size = self.source.count()
         self.ids = self.source.id_map(self.size)
@@ -100,7 +102,7 @@ class _SourceStream:
                                             name=f"MixedBatches[{self.name}]")
             self._thread.start()
         while self._current is None or (self._current[0], self._current[2]) <= (epoch, index):
-            item = self._queue.get()
+            item = take(self._queue, self.timeout_s, f"source {self.name!r}")
             if isinstance(item, BaseException):
                 raise item
             self._current = item
@@ -134,21 +136,22 @@ class MixedBatches:
         *,
         window: int = 4096,
         read_batch_size: int = 256,
+        grad_accum: int = 1,
+        timeout_s: float | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= world_rank < world_size:
             raise ValueError(f"bad batch_size={batch_size}, world_rank={world_rank}, world_size={world_size}")
         unknown = sorted(set(mix.sources) - set(sources))
         if unknown:
             raise ValueError(f"the mix names sources {unknown} that have no data (sources: {sorted(sources)})")
-        self._streams = {name: _SourceStream(name, data, source_seed(seed, name), window, prefetch, read_batch_size)
-                         for name, data in sources.items() if name in mix.sources}
+        self._streams = {name: _SourceStream(name, data, source_seed(seed, name), window, prefetch, read_batch_size,
+                                             timeout_s) for name, data in sources.items() if name in mix.sources}
         sizes = {name: s.size for name, s in self._streams.items()}
         self.mixer = Mixer(mix, sizes)
         now = MixPosition(mixer=self.mixer.state_dict(), sizes=sizes, seed=seed, world_size=world_size,
-                          batch_size=batch_size, window=window)
+                          batch_size=batch_size, window=window, grad_accum=grad_accum)
         if position is not None:
-            position.check_compatible(now)
-            self.mixer.load_state_dict(position.mixer)
+            self.mixer.load_state_dict(position.resume_as(now).mixer)
             now = dataclasses.replace(now, mixer=self.mixer.state_dict())
         self.position = now
         self.rank = world_rank

@@ -4,18 +4,21 @@ Global order (a pure function of ``seed``, ``epoch``, ``N`` and ``window``): the
 ``0..N-1`` is cut into *windows* of ``window`` consecutive indices; each epoch visits the
 windows in a seeded random order and the indices inside each window in a seeded random order
 (``global_order``). That concatenation is the epoch's order ``O``. With ``B`` sequences per
-worker and ``W`` workers, global batch ``g`` is ``O[g*B*W:(g+1)*B*W]`` and worker ``r`` takes
-its ``r``-th block of ``B``. An epoch has ``N // (B*W)`` global batches; the ``< B*W``
-remaining positions (different sequences every epoch) are skipped, so every worker always
-gets a full batch.
+worker, ``W`` workers and ``A`` micro-batches per optimizer step, global batch ``g`` is
+``O[g*B*W:(g+1)*B*W]`` and worker ``r`` takes its ``r``-th block of ``B``; optimizer step ``s``
+trains on ``O[s*G:(s+1)*G]``, ``G = B*W*A`` sequences (the *step size*, the run's global
+batch). An epoch has ``N // G`` steps; the ``< G`` remaining positions (different sequences
+every epoch) are skipped, so every step is whole.
 
 Resume: ``DataPosition`` (epoch, sequences of that epoch consumed by all workers together,
-seed, world size, batch size, window, N) is global, so rank 0 alone saves it
-(``state_dict()`` -> JSON in the checkpoint) and every rank restores it; the next batch is
-global batch ``consumed // (B*W)`` of that epoch, exactly what an uninterrupted run would have
-produced next. The world size, per-worker batch size, seed, window and N must be the ones the
-position was saved with (``ValueError`` otherwise). A mixed run (``raylm.data.mixed_loader``)
-saves a ``MixPosition`` instead: the Mixer's state with the settings it is valid with.
+seed, world size, batch size, accumulation, window, N) is global, so rank 0 alone saves it
+(``state_dict()`` -> JSON in the checkpoint) and every rank restores it; the next step trains
+on the sequences an uninterrupted run would have trained on next. The seed, window, N and the
+step size must be the ones the position was saved with (``ValueError`` otherwise); how the step
+is split into workers, micro-batches and accumulation may change (``resume_as``): a run
+resumed on another number of workers keeps its exact data order, sequence for sequence, per
+step. A mixed run (``raylm.data.mixed_loader``) saves a ``MixPosition`` instead: the Mixer's
+state with the settings it is valid with.
 """
 
 from __future__ import annotations
@@ -41,27 +44,36 @@ class DataPosition:
     seed: int = 0
     world_size: int = 1
     batch_size: int = 1
-    """Sequences per worker and step."""
+    """Sequences per worker and micro-batch."""
     window: int = 4096
     num_sequences: int = 0
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: an epoch ends on a whole step."""
 
     @property
     def global_batch_size(self) -> int:
+        """Sequences of one micro-batch of every worker."""
         return self.batch_size * self.world_size
 
     @property
-    def steps_per_epoch(self) -> int:
-        return self.num_sequences // self.global_batch_size
+    def step_size(self) -> int:
+        """Sequences per optimizer step, all workers together (the run's global batch)."""
+        return self.global_batch_size * self.grad_accum
+
+    @property
+    def epoch_size(self) -> int:
+        """Sequences of an epoch that are trained on (whole steps; the rest is skipped)."""
+        return self.num_sequences // self.step_size * self.step_size
 
     @property
     def sequences_seen(self) -> int:
         """Sequences consumed since the start of training, all workers together."""
-        return self.epoch * self.steps_per_epoch * self.global_batch_size + self.consumed
+        return self.epoch * self.epoch_size + self.consumed
 
     def advance(self) -> DataPosition:
         """The position after one more global batch (rolling over to the next epoch)."""
         consumed = self.consumed + self.global_batch_size
-        if consumed // self.global_batch_size >= self.steps_per_epoch:
+        if consumed >= self.epoch_size:
             return dataclasses.replace(self, epoch=self.epoch + 1, consumed=0)
         return dataclasses.replace(self, consumed=consumed)
 
@@ -80,21 +92,34 @@ class DataPosition:
             raise ValueError(f"data position has unknown keys {sorted(unknown)}")
         return cls(**{k: int(v) for k, v in d.items()})
 
-    def check_compatible(self, other: DataPosition) -> None:
-        """Raise ``ValueError`` unless ``other`` (this run's settings) can resume ``self``."""
+    def resume_as(self, now: DataPosition) -> DataPosition:
+        """This position as ``now`` (this run's settings) goes on from it: the same place in
+        the same order, split into ``now``'s workers, micro-batches and accumulation. Raises
+        ``ValueError`` unless the seed, window, N and the step size are the saved ones."""
         for name, what in (
-            ("world_size", "number of workers"),
-            ("batch_size", "per-worker batch size"),
             ("seed", "data seed"),
             ("window", "shuffle window"),
             ("num_sequences", "number of sequences in the dataset"),
         ):
-            saved, now = getattr(self, name), getattr(other, name)
-            if saved != now:
+            saved, then = getattr(self, name), getattr(now, name)
+            if saved != then:
                 raise ValueError(
                     f"cannot resume the data position exactly: it was saved with {name}={saved} "
-                    f"({what}) but this run has {name}={now}; exact resume needs the same {name}"
+                    f"({what}) but this run has {name}={then}; exact resume needs the same {name}"
                 )
+        if self.step_size != now.step_size:
+            raise ValueError(
+                f"cannot resume the data position exactly: it was saved with world_size={self.world_size} "
+                f"batch_size={self.batch_size} grad_accum={self.grad_accum} ({self.step_size} sequences per "
+                f"step) but this run has world_size={now.world_size} batch_size={now.batch_size} "
+                f"grad_accum={now.grad_accum} ({now.step_size}); exact resume needs the same global batch "
+                f"(set global_batch: {self.step_size} to resume on another number of workers)"
+            )
+        moved = dataclasses.replace(now, epoch=self.epoch, consumed=self.consumed)
+        if moved.consumed % moved.global_batch_size:
+            raise ValueError(f"data position consumed={moved.consumed} is not a multiple of "
+                             f"the global batch size {moved.global_batch_size}")
+        return moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +132,16 @@ class MixPosition:
     world_size: int = 1
     batch_size: int = 1
     window: int = 4096
+    grad_accum: int = 1
 
     @property
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size
+
+    @property
+    def step_size(self) -> int:
+        """Sequences per optimizer step, all workers together."""
+        return self.global_batch_size * self.grad_accum
 
     @property
     def sequences_seen(self) -> int:
@@ -125,14 +156,26 @@ class MixPosition:
         if d.pop("kind", None) != "mix" or d.pop("version", None) != _MIX_VERSION:
             raise ValueError(f"not a version-{_MIX_VERSION} mixed data position: {sorted(d)}")
         return cls(mixer=d["mixer"], sizes={k: int(v) for k, v in d["sizes"].items()},
-                   **{k: int(d[k]) for k in ("seed", "world_size", "batch_size", "window")})
+                   **{k: int(d[k]) for k in ("seed", "world_size", "batch_size", "window")},
+                   grad_accum=int(d.get("grad_accum", 1)))
 
-    def check_compatible(self, other: MixPosition) -> None:
-        for name in ("sizes", "seed", "world_size", "batch_size", "window"):
-            saved, now = getattr(self, name), getattr(other, name)
-            if saved != now:
+    def resume_as(self, now: MixPosition) -> MixPosition:
+        """This position as ``now`` goes on from it (the Mixer's picks are one stream, whatever
+        the split of a step); ``ValueError`` unless the sources, seed, window and step size are
+        the saved ones."""
+        for name in ("sizes", "seed", "window"):
+            saved, then = getattr(self, name), getattr(now, name)
+            if saved != then:
                 raise ValueError(f"cannot resume the mixed data position exactly: it was saved with "
-                                 f"{name}={saved} but this run has {name}={now}")
+                                 f"{name}={saved} but this run has {name}={then}")
+        if self.step_size != now.step_size:
+            raise ValueError(f"cannot resume the mixed data position exactly: it was saved with "
+                             f"world_size={self.world_size} batch_size={self.batch_size} grad_accum="
+                             f"{self.grad_accum} ({self.step_size} sequences per step) but this run has "
+                             f"world_size={now.world_size} batch_size={now.batch_size} grad_accum="
+                             f"{now.grad_accum} ({now.step_size}); set global_batch: {self.step_size} to resume "
+                             "on another number of workers")
+        return dataclasses.replace(now, mixer=self.mixer)
 
 
 def position_from_dict(d: dict[str, Any]) -> Any:

@@ -2,20 +2,24 @@
 
 A reader of the global order (``raylm.data.position``) needs, window after window, the rows of
 one range of indices. ``IdMap`` turns indices into stored seq_ids (dense ``0..N-1``, or a
-token-shard folder's ``unit << 32 | position`` from its manifest), and ``SeqSource.window``
-gives the rows of one seq_id range as a Ray Data dataset.
+token-shard folder's ``unit << 32 | position`` from its manifest), and ``SeqSource.batches``
+gives the rows of one seq_id range, in Arrow record batches.
 
 Why not ``ray.train.get_dataset_shard``: its ``streaming_split`` hands rows to workers in an
 order that changes from run to run, and no bounded buffer can turn an arbitrary arrival order
-into a fixed one. Instead each worker reads just one window's seq_id range through Ray Data and
-reorders it in memory. For a Parquet folder, row groups whose footer statistics cannot overlap
-the window are not read at all (a folder sorted by ``seq_id``, as the token shards are, costs
-about one read of the data per worker and epoch); an in-memory ``Dataset`` is re-filtered for
-every window (fine for tests and small data).
+into a fixed one. Instead each worker reads just one window's seq_id range and reorders it in
+memory. A Parquet folder is read by the worker itself (pyarrow, in the loader's read-ahead
+thread), not by Ray Data tasks: the reads use the CPUs the worker holds, so a worker group
+that fills its nodes (say two workers restarted on the one node left after a node was lost)
+never waits for a CPU the cluster does not have. Row groups whose footer statistics cannot
+overlap the window are not read at all (a folder sorted by ``seq_id``, as the token shards are,
+costs about one read of the data per worker and epoch). An in-memory ``Dataset`` is filtered
+through Ray Data for every window (tests and small data).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -25,7 +29,17 @@ import numpy as np
 from raylm.storage import filesystem
 
 _COLUMNS = ["seq_id", "tokens", "cu_seqlens"]
-_READ_TASK_BYTES = 64 << 20
+
+
+def take(q: queue.Queue, timeout_s: float | None, what: str) -> Any:
+    """The next item a read-ahead thread queued; ``TimeoutError`` naming ``what`` when none came
+    for ``timeout_s`` seconds, so a stuck read fails the run instead of hanging it."""
+    try:
+        return q.get(timeout=timeout_s)
+    except queue.Empty:
+        raise TimeoutError(f"{what}: no data from the reader for {timeout_s:g} s (data.read_timeout_s): its reads "
+                           "are stuck (an object store that does not answer, or a Ray Data read with no CPU to "
+                           "run on)") from None
 
 
 class Stopped(Exception):
@@ -145,37 +159,16 @@ def read_row_groups(groups: list[RowGroup], lo: int, hi: int) -> Iterator[Any]:
         yield t.filter(pc.and_(pc.greater_equal(sid, lo), pc.less(sid, hi)))
 
 
-def _range_datasource(groups: list[RowGroup], lo: int, hi: int):
-    """A Ray Data datasource of the rows ``lo <= seq_id < hi`` of ``groups``: one read task
-    per few row groups, nothing else opened (no file listing or sampling per window)."""
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class _SeqIdRange(Datasource):
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(g.size for g in groups)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            chunks = [c.tolist() for c in np.array_split(np.arange(len(groups)), max(1, min(parallelism, len(groups))))]
-            tasks = []
-            for c in chunks:
-                part = [groups[i] for i in c]
-                meta = BlockMetadata(num_rows=None, size_bytes=sum(g.size for g in part), exec_stats=None,
-                                     input_files=tuple(g.uri for g in part))
-                tasks.append(ReadTask(lambda part=part: read_row_groups(part, lo, hi), meta))
-            return tasks
-
-    return _SeqIdRange()
-
-
 class SeqSource:
-    """Reads one seq_id range of the packed data through Ray Data."""
+    """Reads one seq_id range of the packed data (see the module docstring)."""
 
     def __init__(self, data: Any) -> None:
         import ray.data
 
         self.groups: list[RowGroup] | None = None
         self.ds = None
+        self.name = data if isinstance(data, str) else "the dataset"
+        """What the source is, for messages: its folder, or "the dataset"."""
         self.ids: IdMap | None = None
         if isinstance(data, str):
             self.groups = parquet_row_groups(data)
@@ -200,20 +193,19 @@ class SeqSource:
     def id_map(self, num_sequences: int) -> IdMap:
         return self.ids if self.ids is not None else IdMap.identity(num_sequences)
 
-    def window(self, lo: int, hi: int):
-        """The rows with ``lo <= seq_id < hi`` as a Dataset (None when no row group can hold any)."""
-        import ray.data
-
+    def batches(self, lo: int, hi: int, batch_size: int) -> Iterator[Any]:
+        """Arrow tables (of at most ``batch_size`` rows) of the rows with ``lo <= seq_id < hi``:
+        from the row groups that can hold any, read here, or a Dataset's."""
         if self.ds is not None:
             from ray.data.expressions import col, lit
 
-            return self.ds.filter(expr=(col("seq_id") >= lit(lo)) & (col("seq_id") < lit(hi)))
+            ds = self.ds.filter(expr=(col("seq_id") >= lit(lo)) & (col("seq_id") < lit(hi)))
+            yield from ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2)
+            return
         groups = [g for g in self.groups if g.lo is None or (g.lo < hi and g.hi >= lo)]
-        if not groups:
-            return None
-        # one read task per ~64 MiB: each task is a Ray task hop (~0.1 s on a small machine)
-        tasks = min(len(groups), 1 + sum(g.size for g in groups) // _READ_TASK_BYTES)
-        return ray.data.read_datasource(_range_datasource(groups, lo, hi), override_num_blocks=tasks)
+        for table in read_row_groups(groups, lo, hi):
+            for offset in range(0, table.num_rows, batch_size):
+                yield table.slice(offset, batch_size)
 
 
 def read_rows(source: SeqSource, id_map: IdMap, lo: int, hi: int, ids: np.ndarray, read_batch_size: int = 256,
@@ -225,10 +217,7 @@ def read_rows(source: SeqSource, id_map: IdMap, lo: int, hi: int, ids: np.ndarra
     tokens: np.ndarray | None = None
     cu: list[np.ndarray | None] = [None] * len(ids)
     found = 0
-    ds = source.window(*id_map.seq_id_range(lo, hi))
-    batches = [] if ds is None else ds.iter_batches(
-        batch_size=read_batch_size, batch_format="pyarrow", prefetch_batches=2)
-    for t in batches:
+    for t in source.batches(*id_map.seq_id_range(lo, hi), read_batch_size):
         if stop is not None and stop.is_set():
             raise Stopped
         sid = t.column("seq_id").to_numpy()

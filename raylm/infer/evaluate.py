@@ -108,11 +108,12 @@ def load_set(name: str, path: str, max_sequences: int = 0) -> EvalSet:
                    middle=np.asarray([r["fim_middle"] for r in ordered], bool).reshape(k, seq_len) if has_middle else None)
 
 
-def source_name(folder: str) -> str:
-    """A token-shard folder's name as a set: its manifest's one source, else the folder's name."""
+def source_name(folder: str, manifest: dict[str, Any] | None = None) -> str:
+    """A token-shard folder's name as a set: its manifest's one source (``manifest`` when it was
+    read already), else the folder's name."""
     from raylm.data.shards import read_manifest
 
-    sources = list(read_manifest(folder).get("sources", {}))
+    sources = list((manifest if manifest is not None else read_manifest(folder)).get("sources", {}))
     return sources[0] if len(sources) == 1 else folder.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -205,7 +206,8 @@ def evaluate_checkpoint(checkpoint: str, folders: Sequence[str], *, max_sequence
     ``InputError`` names a bad checkpoint, folder or set name."""
     from pathlib import Path
 
-    from raylm.infer.checkpoint import CheckpointError, load_model
+    from raylm.checkpoint import CheckpointError
+    from raylm.infer.checkpoint import load_model
     from raylm.storage import InputError
     from raylm.train.objective import batch_transform
 

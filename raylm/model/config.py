@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, get_args
 
-from raylm.config import ConfigError, from_dict, to_dict
+from raylm.config import ConfigError, from_dict, merge, to_dict
 
 AttentionBackend = Literal["auto", "flash", "sdpa", "flex", "eager"]
 
@@ -246,3 +246,17 @@ def model_config(name_or_cfg: str | ModelConfig, **overrides: Any) -> ModelConfi
             raise ConfigError(f"model flavor {name_or_cfg!r} is unknown (known: {', '.join(FLAVORS)})")
         name_or_cfg = FLAVORS[name_or_cfg]
     return from_dict(ModelConfig, {**to_dict(name_or_cfg), **overrides})
+
+
+def expand_flavor(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """A config dict (a train or plan config) whose ``model.flavor`` names a size: that flavor's
+    fields are the base and the other ``model.*`` keys override them. The dict itself when
+    ``model`` names no flavor; errors name ``origin``."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "flavor" not in model:
+        return data
+    model = dict(model)
+    flavor = model.pop("flavor")
+    if flavor not in FLAVORS:
+        raise ConfigError(f"{origin}: model.flavor: {flavor!r} is not one of {sorted(FLAVORS)}")
+    return {**data, "model": merge(to_dict(FLAVORS[flavor]), model)}

@@ -47,8 +47,8 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-from raylm.config import ConfigError, from_dict, merge, to_dict
-from raylm.model.config import FLAVORS, ModelConfig
+from raylm.config import ConfigError, from_dict
+from raylm.model.config import ModelConfig, expand_flavor
 
 # name -> (memory GiB usable by tensors, dense bf16 peak TFLOP/s)
 GPUS: dict[str, tuple[float, float]] = {
@@ -128,13 +128,7 @@ class PlanConfig:
 
 def plan_config(data: dict[str, Any], origin: str = "config") -> PlanConfig:
     """A validated PlanConfig from a nested dict; ``model.flavor`` names a size."""
-    model = data.get("model")
-    if isinstance(model, dict) and "flavor" in model:
-        model = dict(model)
-        flavor = model.pop("flavor")
-        if flavor not in FLAVORS:
-            raise ConfigError(f"{origin}: model.flavor: {flavor!r} is not one of {sorted(FLAVORS)}")
-        data = {**data, "model": merge(to_dict(FLAVORS[flavor]), model)}
+    data = expand_flavor(data, origin)
     try:
         return from_dict(PlanConfig, data)
     except ConfigError as exc:

@@ -1,20 +1,21 @@
-"""Training checkpoints: everything an exact resume needs, in one Ray Train checkpoint folder.
+"""A run's checkpoints on the ranks: everything an exact resume needs, in one Ray Train checkpoint.
 
-* ``model.pt`` and ``optim.pt``: full (unsharded) state dicts gathered to rank 0 through
-  ``torch.distributed.checkpoint.state_dict`` (the same call serves DDP, FSDP2 and one
-  process) and written by rank 0; on restore every rank reads them and
-  ``set_*_state_dict`` shards them again as the model is parallelised now.
-* ``state.json`` (rank 0): step, data position, spike-guard state.
-* ``config.json`` (rank 0): the run's whole ``TrainConfig`` as a dict, so a checkpoint folder
-  alone rebuilds its model (``raylm.infer.checkpoint.load_model``) for eval and generation.
-* ``rng-rank{r}.pt`` (every rank): the torch, numpy and Python RNG states of that rank.
-* Under DeepSpeed, ``zero/`` instead of ``model.pt`` and ``optim.pt``: the engine's own
-  checkpoint (``save_checkpoint``), each rank writing its ZeRO partition of the optimizer
-  state (and of the parameters under stage 3); restored with ``load_checkpoint`` at the
-  same world size.
+The folder's layout is ``raylm.checkpoint``'s. Every rank writes its part into a temporary
+folder of its own: the strategy its shards of the model and optimizer state
+(``Strategy.save``: DCP's ``__<rank>_0.distcp``, rank 0 also the ``.metadata``; DeepSpeed its
+ZeRO partition), rank 0 ``state.json`` (step, data position, spike guard, world size) and
+``config.json``, every rank its RNG states. Each rank reports its folder
+(``ray.train.report(checkpoint=...)``) under the checkpoint name Ray Train agrees on for all
+ranks, and Ray Train copies every rank's files into that one folder of the run's storage: the
+files have per-rank names, so the folders merge into one checkpoint (``Checkpointer``). With
+``checkpoint.async_save`` the shards are written in the background and the copy waits for them
+in Ray Train's upload thread (``ray.train.report(checkpoint_upload_mode=ASYNC)``), so training
+goes on meanwhile. The local folders are deleted once copied.
 
-Every rank writes its files into its own temporary folder and passes it to
-``ray.train.report(checkpoint=...)``; Ray Train gathers the ranks' files into one checkpoint.
+Restoring (``load``) reads the checkpoint as every rank sees it in storage: the strategy
+re-shards the state for the world size of this run, and the RNG states come back when the
+world size is the one they were saved at (each rank's own stream; at another size every rank
+keeps this run's seeding).
 """
 
 from __future__ import annotations
@@ -22,24 +23,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
+import threading
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-MODEL, OPTIM, STATE, CONFIG = "model.pt", "optim.pt", "state.json", "config.json"
-DS_TAG = "zero"
-
-
-def _is_deepspeed(model: nn.Module) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine"
-
-
-def _options(**kw: Any):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
+from raylm.checkpoint import CONFIG, STATE, read_state, rng_file
+from raylm.train.strategy import Strategy
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,58 +51,87 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def load_rng(folder: str | os.PathLike, rank: int) -> bool:
+    """Set this rank's RNG states from checkpoint ``folder``; False when it has none for ``rank``."""
+    path = Path(folder) / rng_file(rank)
+    if not path.exists():
+        return False
+    set_rng_state(torch.load(path, weights_only=False))
+    return True
+
+
 def _write_json(folder: str, name: str, data: dict[str, Any]) -> None:
     with open(os.path.join(folder, name), "w") as f:
         json.dump(data, f, indent=2)
 
 
-def save(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], rank: int,
-         config: dict[str, Any] | None = None) -> None:
-    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls it);
-    ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
+def save(folder: str, strategy: Strategy, state: dict[str, Any], rank: int, config: dict[str, Any] | None = None,
+         async_save: bool = False) -> Future | None:
+    """Write this rank's part of a checkpoint into ``folder`` (a collective: every rank calls
+    it); ``config`` (the run's ``to_dict(TrainConfig)``) goes to ``config.json``. With
+    ``async_save`` the shards are still being written when it returns: the future says when
+    they are."""
     os.makedirs(folder, exist_ok=True)
-    if _is_deepspeed(model):
-        model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)
-    else:
-        model_sd = get_model_state_dict(model, options=_options(cpu_offload=True))
-        optim_sd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-        if rank == 0:
-            torch.save(model_sd, os.path.join(folder, MODEL))
-            torch.save(optim_sd, os.path.join(folder, OPTIM))
+    pending = strategy.save(folder, async_save=async_save)
     if rank == 0:
         _write_json(folder, STATE, state)
         if config is not None:
             _write_json(folder, CONFIG, config)
-    torch.save(rng_state(), os.path.join(folder, f"rng-rank{rank}.pt"))
+    torch.save(rng_state(), os.path.join(folder, rng_file(rank)))
+    return pending
 
 
-def load(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-         from_rank0: bool = False) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from ``folder``; returns ``state.json``.
+def load(folder: str, strategy: Strategy, rank: int, world: int) -> dict[str, Any]:
+    """Restore model, optimizer (and, at the world size they were saved at, this rank's RNG
+    states) from ``folder``; returns its ``state.json``."""
+    strategy.load(folder)
+    state = read_state(folder)
+    if state.get("world_size", world) == world:  # older checkpoints: their rng files say
+        load_rng(folder, rank)
+    return state
 
-    ``from_rank0``: only rank 0 has the files (a rank's local copy of its own checkpoint, for a
-    rollback); rank 0 reads them and broadcasts, the other ranks get ``{}`` back."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    if _is_deepspeed(model):
-        if from_rank0:
-            raise ValueError("a DeepSpeed engine restores from a full checkpoint folder, not rank 0's copy")
-        model.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
-        set_rng_state(torch.load(os.path.join(folder, f"rng-rank{rank}.pt"), weights_only=False))
-        with open(os.path.join(folder, STATE)) as f:
-            return json.load(f)
-    has_files = rank == 0 or not from_rank0
-    model_sd = torch.load(os.path.join(folder, MODEL), map_location="cpu", weights_only=True) if has_files else {}
-    optim_sd = torch.load(os.path.join(folder, OPTIM), map_location="cpu", weights_only=True) if has_files else {}
-    options = _options(broadcast_from_rank0=True) if from_rank0 else _options()
-    set_model_state_dict(model, model_sd, options=options)
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
-    rng = os.path.join(folder, f"rng-rank{rank}.pt")
-    if os.path.exists(rng):  # absent when the world size changed: keep this run's seeding
-        set_rng_state(torch.load(rng, weights_only=False))
-    if not has_files:
-        return {}
-    with open(os.path.join(folder, STATE)) as f:
-        return json.load(f)
+class Checkpointer:
+    """This rank's side of saving checkpoints through Ray Train, and the latest one saved (for
+    the spike guard's rollback): see the module docstring."""
+
+    def __init__(self, name: str, rank: int, async_save: bool, restored: Any = None) -> None:
+        self.name, self.rank, self.async_save = name, rank, async_save
+        self.latest = restored
+        """The latest checkpoint in storage (a ``ray.train.Checkpoint``): the one this run
+        restored from, then every one it saved, once all its files are there."""
+        self._uploaded = threading.Event()
+        self._uploaded.set()
+
+    def report(self, metrics: dict[str, Any], strategy: Strategy | None = None, state: dict[str, Any] | None = None,
+               config: dict[str, Any] | None = None) -> None:
+        """``ray.train.report(metrics)``, with a checkpoint of ``strategy`` when ``state`` is
+        given. Every rank calls it at the same steps."""
+        import ray.train
+        from ray.train import CheckpointUploadMode
+
+        mode = CheckpointUploadMode.ASYNC if self.async_save else CheckpointUploadMode.SYNC
+        if state is None:  # asynchronous like the checkpoints: reports keep their order, no one waits
+            ray.train.report(metrics, checkpoint_upload_mode=mode)
+            return
+        self._uploaded.wait()  # the last checkpoint first (its shards hold the staged state)
+        self._uploaded.clear()
+        folder = tempfile.mkdtemp(prefix=f"raylm-ckpt-{self.name}-rank{self.rank}-")
+        pending = save(folder, strategy, state, self.rank, config=config, async_save=self.async_save)
+        storage = ray.train.get_context().get_storage()
+
+        def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            try:
+                if pending is not None:
+                    pending.result()  # this rank's shards are written
+                self.latest = storage.persist_current_checkpoint(checkpoint, dir_name)
+                return self.latest
+            finally:
+                self._uploaded.set()
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_upload_mode=mode,
+                         checkpoint_upload_fn=upload, delete_local_checkpoint_after_upload=True)
+
+    def wait(self) -> None:
+        """Until this rank's last checkpoint is in storage."""
+        self._uploaded.wait()

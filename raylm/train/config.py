@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from raylm.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from raylm.config import ConfigError, from_dict, load_data, to_dict
 from raylm.data.mixing import LengthSchedule, MixConfig
 from raylm.data.transforms import MaskingConfig, MLMConfig
-from raylm.model import FLAVORS, ModelConfig
+from raylm.model import ModelConfig
+from raylm.model.config import expand_flavor
 from raylm.optim.optimizers import OptimConfig
 from raylm.train.stability import SpikeGuardConfig
 from raylm.train.tracking import TrackingConfig
@@ -40,6 +41,9 @@ class DataConfig:
     """Shuffle window in sequences."""
     prefetch: int = 2
     """Windows read ahead by each worker's background thread (per source)."""
+    read_timeout_s: float = 600.0
+    """A worker whose reads give it nothing for this long fails with an error naming the data
+    (rather than waiting for ever); ``max_failures`` then restarts the run."""
 
     def validate(self) -> None:
         if bool(self.path) == bool(self.sources):
@@ -55,8 +59,9 @@ class DataConfig:
                 raise ConfigError(f"data.mix: sources {missing} are not in data.sources {sorted(self.sources)}")
         if self.seq_len_schedule:
             LengthSchedule([tuple(p) for p in self.seq_len_schedule])
-        if self.window < 1 or self.prefetch < 0:
-            raise ConfigError(f"data.window ({self.window}) must be >= 1 and data.prefetch ({self.prefetch}) >= 0")
+        if self.window < 1 or self.prefetch < 0 or self.read_timeout_s <= 0:
+            raise ConfigError(f"data.window ({self.window}) must be >= 1, data.prefetch ({self.prefetch}) >= 0 and "
+                              f"data.read_timeout_s ({self.read_timeout_s}) > 0")
 
     def mix_in_sequences(self, global_batch_size: int) -> MixConfig:
         """``mix`` with its schedule steps (optimizer steps) turned into sequences."""
@@ -72,6 +77,11 @@ class CheckpointConfig:
     score: str | None = None
     """Keep the best ``keep`` by this reported metric (e.g. ``loss``) instead of the latest."""
     score_order: Literal["min", "max"] = "min"
+    async_save: bool = False
+    """Write the model and optimizer shards in a background thread (``dcp.async_save``) while
+    training goes on: the step that saves waits only for a copy of its state in CPU memory, and
+    the checkpoint counts (for a resume, a rollback, ``keep``) once every rank's files are in
+    storage; the next save waits for the last. DDP and FSDP2 (DeepSpeed saves its own way)."""
     preemption_check_every: int = 10
     """Ask Ray Train every this many steps whether a node of the run is being drained for
     preemption (``ray.train.get_preemption_info``: a spot reclaim notice, ``ray drain-node
@@ -201,7 +211,7 @@ class ContinualConfig:
 @dataclasses.dataclass(kw_only=True)
 class DeepSpeedConfig:
     """DeepSpeed ZeRO (Rajbhandari et al. 2020) options; raylm writes DeepSpeed's JSON from them
-    (``raylm.train.deepspeed.ds_config``), so users never write it."""
+    (``raylm.train.strategy.deepspeed.ds_config``), so users never write it."""
 
     stage: int = 2
     """ZeRO stage: 1 shards the optimizer state, 2 also the gradients, 3 also the parameters."""
@@ -224,8 +234,15 @@ class DeepSpeedConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ScaleConfig:
-    num_workers: int = 2
-    """Ray Train workers (one per GPU on GPU nodes)."""
+    num_workers: int | tuple[int, int] = 2
+    """Ray Train workers (one per GPU on GPU nodes). ``[min, max]``: an elastic run (Ray Train's
+    ``ScalingConfig(num_workers=(min, max))``): it starts with as many workers as the cluster
+    has room for, up to ``max``, restarts from its latest checkpoint with fewer when a node is
+    lost (down to ``min``) and with more when nodes join (checked every ``resize_interval_s``),
+    keeping ``global_batch`` and the data order; ddp or fsdp2 without tensor parallelism."""
+    resize_interval_s: float = 60.0
+    """Elastic runs: how often Ray Train looks for room for more workers while the run is
+    healthy (each resize restarts the workers from the latest checkpoint)."""
     use_gpu: bool = False
     device: Literal["auto", "cpu"] = "auto"
     """Where the workers compute. "auto": the GPU Ray Train gives each worker with ``use_gpu``
@@ -267,21 +284,39 @@ class ScaleConfig:
         return ("full" if ac else "none") if isinstance(ac, bool) else ac
 
     @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
     def data_parallel(self) -> int:
-        """Ranks that read different batches (``num_workers / tensor_parallel``)."""
-        return self.num_workers // self.tensor_parallel
+        """Ranks that read different batches (``num_workers / tensor_parallel``; an elastic run's
+        most)."""
+        return self.max_workers // self.tensor_parallel
 
     def validate(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker <= 0:
-            raise ConfigError(f"scale.num_workers ({self.num_workers}) must be >= 1 and "
-                              f"scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
+        if not 1 <= self.min_workers <= self.max_workers or self.cpus_per_worker <= 0:
+            raise ConfigError(f"scale.num_workers ({list(self.num_workers) if self.elastic else self.num_workers}) "
+                              f"must be >= 1 (and min <= max) and scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
         if self.device not in ("auto", "cpu"):
             raise ConfigError(f"scale.device: {self.device!r} is not one of ['auto', 'cpu']")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"scale.checkpoint_every: {self.checkpoint_every} must be >= 1")
-        if self.tensor_parallel < 1 or self.num_workers % self.tensor_parallel:
+        if self.checkpoint_every < 1 or self.resize_interval_s < 0:
+            raise ConfigError(f"scale.checkpoint_every ({self.checkpoint_every}) must be >= 1 and "
+                              f"scale.resize_interval_s ({self.resize_interval_s}) >= 0")
+        if self.tensor_parallel < 1 or self.max_workers % self.tensor_parallel:
             raise ConfigError(f"scale.tensor_parallel: {self.tensor_parallel} must be >= 1 and divide "
                               f"scale.num_workers ({self.num_workers})")
+        if self.elastic and (self.tensor_parallel > 1 or self.strategy == "deepspeed"):
+            raise ConfigError(f"scale.num_workers {list(self.num_workers)}: an elastic run is ddp or fsdp2 without "
+                              "tensor parallelism (DeepSpeed's checkpoints and a tensor-parallel mesh are made for "
+                              "one world size)")
         if self.tensor_parallel > 1 and self.strategy != "fsdp2":
             raise ConfigError("scale.tensor_parallel > 1 composes with scale.strategy fsdp2 only "
                               f"(got {self.strategy})")
@@ -317,6 +352,13 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * data-parallel
     ranks (``num_workers / scale.tensor_parallel``)."""
+    global_batch: int | None = None
+    """Sequences per optimizer step, all workers together; each worker then accumulates
+    ``global_batch / (micro_batch_size * data-parallel ranks)`` micro-batches at whatever number
+    of workers it runs with (leave ``grad_accum`` at 1). Required by an elastic run
+    (``scale.num_workers: [min, max]``); set it to resume a run on another number of workers
+    with the same global batch and data order. None: ``micro_batch_size * grad_accum *
+    data-parallel ranks``."""
     clip_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
     seed: int = 0
@@ -329,7 +371,8 @@ class TrainConfig:
     peak_tflops: float | None = None
     """Device peak for MFU (None: looked up from the GPU name; CPU has no MFU)."""
     log_seq_ids: bool = False
-    """Audit the data order: every rank appends ``{step, pid, seq_ids}`` per step to
+    """Audit the data order: every rank appends ``{step, pid, node, world, seq_ids}`` per step
+    (its process, Ray node, the worker group's size, the sequences it trained on) to
     ``seq_ids-rank<r>.jsonl`` in the run folder (local storage only)."""
     fail_at_step: int | None = None
     """Testing: raise in rank 1 (rank 0 with one worker) at this step, once per run directory."""
@@ -351,6 +394,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ConfigError("steps, micro_batch_size, grad_accum and log_every must be >= 1")
+        self._validate_batch()
         if self.storage_endpoint and not self.storage_endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"storage_endpoint: {self.storage_endpoint!r} must be an http:// or https:// URL")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -368,6 +412,9 @@ class TrainConfig:
                                   "scale.strategy deepspeed")
             if self.optim.name != "adamw":
                 raise ConfigError(f"optim.name: {self.optim.name!r}: raylm's DeepSpeed strategy runs adamw only")
+            if self.checkpoint.async_save:
+                raise ConfigError("checkpoint.async_save: DeepSpeed writes its own checkpoints (zero/), synchronously; "
+                                  "async saves are for ddp and fsdp2")
         self._validate_objective()
         c = self.continual
         if c.init_from and self.scale.strategy == "deepspeed" and (c.init_optimizer or c.decay_steps):
@@ -376,6 +423,28 @@ class TrainConfig:
         if self.optim.name == "adafactor" and self.scale.strategy == "fsdp2":
             raise ConfigError("optim.name: torch's Adafactor does not step FSDP2 (DTensor) parameters; "
                               "use adamw or lion with scale.strategy fsdp2, or ddp")
+
+    def _validate_batch(self) -> None:
+        sc = self.scale
+        if self.global_batch is None:
+            if sc.elastic:
+                raise ConfigError(f"scale.num_workers {list(sc.num_workers)}: an elastic run keeps its global batch "
+                                  "as workers come and go; set global_batch (sequences per optimizer step)")
+            return
+        if self.grad_accum != 1:
+            raise ConfigError(f"grad_accum: {self.grad_accum}: with global_batch the workers compute it; leave it at 1")
+        sizes = range(sc.min_workers, sc.max_workers + 1) if sc.elastic else [sc.num_workers]
+        bad = [w for w in sizes if w % sc.tensor_parallel == 0
+               and self.global_batch % (self.micro_batch_size * (w // sc.tensor_parallel))]
+        if bad:
+            raise ConfigError(f"global_batch: {self.global_batch} is not a multiple of micro_batch_size "
+                              f"({self.micro_batch_size}) x the data-parallel ranks at {bad} workers")
+
+    def grad_accum_at(self, world: int) -> int:
+        """Micro-batches per optimizer step for each of ``world`` workers."""
+        if self.global_batch is None:
+            return self.grad_accum
+        return self.global_batch // (self.micro_batch_size * (world // self.scale.tensor_parallel))
 
     def _validate_objective(self) -> None:
         if self.objective == "mlm":
@@ -399,35 +468,20 @@ class TrainConfig:
 
     @property
     def global_batch_size(self) -> int:
+        """Sequences per optimizer step, all workers together."""
+        if self.global_batch is not None:
+            return self.global_batch
         return self.micro_batch_size * self.grad_accum * self.scale.data_parallel
-
-
-def _expand_flavor(data: dict[str, Any], origin: str) -> dict[str, Any]:
-    model = data.get("model")
-    if not isinstance(model, dict) or "flavor" not in model:
-        return data
-    model = dict(model)
-    flavor = model.pop("flavor")
-    if flavor not in FLAVORS:
-        raise ConfigError(f"{origin}: model.flavor: {flavor!r} is not one of {sorted(FLAVORS)}")
-    base = FLAVORS[flavor]
-    base = to_dict(base) if dataclasses.is_dataclass(base) else dict(base)
-    return {**data, "model": merge(base, model)}
 
 
 def train_config(data: dict[str, Any], origin: str = "config") -> TrainConfig:
     """A validated TrainConfig from a nested dict (flavors expanded); errors name ``origin``."""
     try:
-        return from_dict(TrainConfig, _expand_flavor(data, origin))
+        return from_dict(TrainConfig, expand_flavor(data, origin))
     except ConfigError as exc:
         raise ConfigError(exc.args[0] if str(exc).startswith(origin) else f"{origin}: {exc}") from None
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (optional) + ``--set`` overrides -> validated TrainConfig."""
-    data = load_yaml(path) if path else {}
-    origin = str(path) if path else "--set"
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-        origin = f"{path} (with --set)" if path else "--set"
-    return train_config(data, origin)
+    return train_config(*load_data(path, overrides))

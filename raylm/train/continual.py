@@ -10,22 +10,23 @@ evaluation, and reports forgetting (``ContinualConfig.forgetting_sets``).
 
 Two halves:
 
-* ``resolve`` (the driver, in ``raylm.train.trainer.fit``): finds the checkpoint, checks the
-  architecture and the tokenizer against it, and rewrites the config into the run it means
-  (replay as ``old_<name>`` sources of ``data.mix``, a branch's ``steps`` and schedule, the old
-  held-out splits as eval sets, ``eval.at_start``, the forgetting sets). The run's
-  ``config.json`` is this resolved config; resolving it again changes nothing.
+* ``resolve`` (the driver, in ``raylm.train.resolve.resolve_run``): finds the checkpoint,
+  checks the architecture against it, and rewrites the config into the run it means (replay as
+  ``old_<name>`` sources of ``data.mix``, a branch's ``steps`` and schedule, the old held-out
+  splits as eval sets, ``eval.at_start``, the forgetting sets), each change a
+  ``dataclasses.replace`` of the typed config. The run's ``config.json`` is this resolved
+  config; resolving it again changes nothing.
 * ``load_init`` (every worker, in ``raylm.train.loop``): only when Ray Train has no checkpoint
   of this run to restore, so a preempted continual run resumes from its own latest
-  checkpoint, never from ``init_from`` again. The full state dicts are set into the model as
-  it is parallelised now (DDP, FSDP2, tensor parallel), as a resume does; under DeepSpeed they
-  are set before ``deepspeed.initialize``, which partitions them.
+  checkpoint, never from ``init_from`` again. The state is loaded as a resume loads it
+  (``raylm.train.strategy.state.load_state``: re-sharded for the model as it is parallelised
+  now, DDP, FSDP2, tensor parallel, from any world size); under DeepSpeed the weights are set
+  before ``deepspeed.initialize``, which partitions them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -36,12 +37,13 @@ import torch
 from torch import nn
 
 from raylm import storage
+from raylm.checkpoint import DS_TAG, CheckpointError, find_checkpoint, read_config, read_state
 from raylm.config import ConfigError, to_dict
 from raylm.data.mixing import MixConfig
 from raylm.model import ModelConfig
-from raylm.storage import InputError
-from raylm.train.checkpoint import DS_TAG, OPTIM, STATE, set_rng_state
 from raylm.train.config import TrainConfig, train_config
+from raylm.train.evaluate import eval_sets, val_split
+from raylm.train.run import Manifests, absolute_paths, check_tokenizers, norm_path
 
 # Model fields a continual run may change: kernels, training-only terms, the init (overwritten)
 # and the context length (the rotary tables are not weights).
@@ -77,33 +79,20 @@ def check_architecture(model: ModelConfig, old: ModelConfig, where: str) -> None
         raise ConfigError(f"continual.init_from: {where} is another architecture: " + ", ".join(diff))
 
 
-def _norm(folder: str) -> str:
-    return folder.rstrip("/") if "://" in folder else os.path.abspath(folder)
-
-
-def _manifest(folder: str) -> dict[str, Any] | None:
-    from raylm.data.shards import read_manifest
-
-    try:
-        return read_manifest(folder)
-    except InputError:
-        return None
-
-
-def _data_folders(cfg: TrainConfig) -> dict[str, str]:
+def _data_folders(cfg: TrainConfig, manifests: Manifests) -> dict[str, str]:
     """Name -> folder of a run's training data (``data.path`` named by its manifest's source)."""
     if cfg.data.sources:
         return dict(cfg.data.sources)
-    sources = list((_manifest(cfg.data.path) or {}).get("sources", {}))
+    sources = list((manifests.get(cfg.data.path) or {}).get("sources", {}))
     return {sources[0] if len(sources) == 1 else cfg.data.path.rstrip("/").rsplit("/", 1)[-1]: cfg.data.path}
 
 
-def trained_shares(old: TrainConfig, state: Mapping[str, Any]) -> dict[str, float]:
+def trained_shares(old: TrainConfig, state: Mapping[str, Any], manifests: Manifests) -> dict[str, float]:
     """Share of the old run's training sequences that came from each of its sources: the
     mixer's realised counts in its checkpoint (so a curriculum counts as it was trained)."""
     pos = state.get("data") or {}
     if pos.get("kind") != "mix":
-        return dict.fromkeys(_data_folders(old), 1.0)
+        return dict.fromkeys(_data_folders(old, manifests), 1.0)
     m, sizes = pos["mixer"], pos["sizes"]
     counts = {n: m["epoch"][n] * sizes[n] + m["position"][n] for n in m["position"]}
     total = sum(counts.values())
@@ -113,14 +102,14 @@ def trained_shares(old: TrainConfig, state: Mapping[str, Any]) -> dict[str, floa
 def same_data(cfg: TrainConfig, old: TrainConfig) -> bool:
     """Does the run read the checkpoint run's data, in its order (a branch then goes on from
     the checkpoint's data position)?"""
-    return to_dict(cfg.data) == to_dict(old.data)
+    return to_dict(cfg.data) == to_dict(absolute_paths(old).data)
 
 
-def _with_replay(d: dict[str, Any], cfg: TrainConfig, old: TrainConfig, state: Mapping[str, Any]) -> None:
+def _with_replay(cfg: TrainConfig, old: TrainConfig, state: Mapping[str, Any], manifests: Manifests) -> TrainConfig:
     share = cfg.continual.replay
-    folders = _data_folders(old)
-    replay = {f"old_{n}": w for n, w in trained_shares(old, state).items()}
-    new = _data_folders(cfg)
+    folders = _data_folders(old, manifests)
+    replay = {f"old_{n}": w for n, w in trained_shares(old, state, manifests).items()}
+    new = _data_folders(cfg, manifests)
     clash = sorted(set(replay) & set(new))
     if clash:
         raise ConfigError(f"continual.replay: data.sources already names {clash}, the names of the replayed "
@@ -129,19 +118,20 @@ def _with_replay(d: dict[str, Any], cfg: TrainConfig, old: TrainConfig, state: M
         folder = folders[name.removeprefix("old_")]
         if "://" not in folder and not os.path.exists(folder):
             raise ConfigError(f"continual.replay: the checkpoint run's data {folder} ({name}) is not there")
-    mix = to_dict(cfg.data.mix or MixConfig(weights=dict.fromkeys(new, 1.0)))
+    mix = cfg.data.mix or MixConfig(weights=dict.fromkeys(new, 1.0))
 
     def scaled(weights: Mapping[str, float]) -> dict[str, float]:
         total = sum(weights.values())
         return {**{k: (1 - share) * v / total for k, v in weights.items()}, **{k: share * w for k, w in replay.items()}}
 
-    mix["weights"] = scaled(mix["weights"])
-    mix["schedule"] = [[step, scaled(w)] for step, w in mix["schedule"]]
-    d["data"].update(path="", mix=mix, sources={**new, **{n: folders[n.removeprefix("old_")] for n in replay}})
-    d["continual"]["replay"] = 0.0  # now part of data.mix: resolving again adds nothing
+    mix = dataclasses.replace(mix, weights=scaled(mix.weights), schedule=[(step, scaled(w)) for step, w in mix.schedule])
+    data = dataclasses.replace(cfg.data, path="", mix=mix,
+                               sources={**new, **{n: folders[n.removeprefix("old_")] for n in replay}})
+    # replay is now part of data.mix: resolving again adds nothing
+    return dataclasses.replace(cfg, data=data, continual=dataclasses.replace(cfg.continual, replay=0.0))
 
 
-def _branch(d: dict[str, Any], cfg: TrainConfig, old: TrainConfig, step: int, where: str) -> None:
+def _branch(cfg: TrainConfig, old: TrainConfig, step: int, where: str) -> TrainConfig:
     """A WSD branch: ``steps`` and the schedule of a decay of ``decay_steps`` from ``step``."""
     sched = dataclasses.replace(old.optim.schedule, total_steps=old.optim.schedule.total_steps or old.steps)
     if sched.name != "wsd":
@@ -157,41 +147,39 @@ def _branch(d: dict[str, Any], cfg: TrainConfig, old: TrainConfig, step: int, wh
         raise ConfigError(f"optim.lr: {cfg.optim.lr:g} is not the stable lr {old.optim.lr:g} of {where}'s run, "
                           "which a WSD branch decays from")
     n = cfg.continual.decay_steps
-    d["steps"] = step + n
-    d["optim"]["schedule"].update(warmup_steps=sched.warmup_steps, total_steps=step + n, decay_fraction=n / (step + n))
-    same = d["data"] == to_dict(old.data)  # after replay, as the workers will see it (``same_data``)
-    if same and (cfg.micro_batch_size, cfg.scale.data_parallel) != (old.micro_batch_size, old.scale.data_parallel):
+    schedule = dataclasses.replace(cfg.optim.schedule, warmup_steps=sched.warmup_steps, total_steps=step + n,
+                                   decay_fraction=n / (step + n))
+    out = dataclasses.replace(cfg, steps=step + n, optim=dataclasses.replace(cfg.optim, schedule=schedule))
+    if same_data(out, old) and cfg.global_batch_size != old.global_batch_size:  # after replay, as the workers see it
         raise ConfigError(f"continual.decay_steps: a branch on its run's own data goes on from its data position, "
-                          f"which needs the same micro_batch_size ({old.micro_batch_size}) and data-parallel "
-                          f"ranks ({old.scale.data_parallel}) as {where}'s run")
+                          f"which needs the global batch ({old.global_batch_size} sequences per step) of {where}'s "
+                          "run (set global_batch to it)")
+    return out
 
 
-def _check_tokenizer(folders: Sequence[str]) -> None:
-    hashes = {f: (_manifest(f) or {}).get("tokenizer_hash") for f in folders}
-    hashes = {f: h for f, h in hashes.items() if h}
-    if len(set(hashes.values())) > 1:
-        raise ConfigError("continual: the old and the new data were tokenised with different tokenizers: "
-                          + ", ".join(f"{f} ({h})" for f, h in hashes.items()))
+def _source(cfg: TrainConfig) -> tuple[str, Path, TrainConfig]:
+    """``continual.init_from`` resolved: the checkpoint (for the workers: a URI stays one), its
+    local folder here, and its run's config."""
+    try:
+        where = find_checkpoint(cfg.continual.init_from, cfg.storage_endpoint)
+        folder = Path(storage.local_copy(where, cfg.storage_endpoint))
+        old = train_config(*read_config(folder))
+    except CheckpointError as exc:
+        raise ConfigError(f"continual.init_from: {exc}") from None
+    return where if storage.is_remote(where) else os.path.abspath(where), folder, old
 
 
-def resolve(cfg: TrainConfig) -> TrainConfig:
+def resolve(cfg: TrainConfig, manifests: Manifests | None = None) -> TrainConfig:
     """The run ``cfg.continual`` describes, as a plain config (see the module docstring);
-    ``cfg`` itself when it has no ``init_from``."""
-    from raylm.infer.checkpoint import CheckpointError, find_checkpoint, read_config
-    from raylm.train.evaluate import eval_sets, val_split
-
+    ``cfg`` itself when it has no ``init_from``. ``manifests``: those read so far (each folder's
+    is read once)."""
     c = cfg.continual
     if not c.init_from:
         return cfg
-    try:
-        where = find_checkpoint(c.init_from, cfg.storage_endpoint)  # for the workers: a URI stays one
-        folder = Path(storage.local_copy(where, cfg.storage_endpoint))  # here: a local folder
-        if not storage.is_remote(where):
-            where = os.path.abspath(where)
-        old = read_config(folder)
-    except CheckpointError as exc:
-        raise ConfigError(f"continual.init_from: {exc}") from None
-    state = json.loads((folder / STATE).read_text())
+    manifests = manifests if manifests is not None else Manifests()
+    cfg = absolute_paths(cfg)
+    where, folder, old = _source(cfg)
+    state = read_state(folder)
     check_architecture(cfg.model, old.model, str(folder))
     init_optimizer = c.decay_steps > 0 if c.init_optimizer is None else c.init_optimizer
     if init_optimizer and (folder / DS_TAG).is_dir():
@@ -200,64 +188,55 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if init_optimizer and cfg.optim.name != old.optim.name:
         raise ConfigError(f"continual.init_optimizer: the checkpoint's optimizer is {old.optim.name}, this run's "
                           f"{cfg.optim.name}")
-    d = to_dict(cfg)
-    d["continual"].update(init_from=where, init_optimizer=init_optimizer)
+    cfg = dataclasses.replace(cfg, continual=dataclasses.replace(c, init_from=where, init_optimizer=init_optimizer))
     if c.replay:
-        _with_replay(d, cfg, old, state)
+        cfg = _with_replay(cfg, old, state, manifests)
     if c.decay_steps:
-        _branch(d, cfg, old, int(state["step"]), str(folder))
-    d["eval"]["at_start"] = True  # the baseline of forgetting
-    old_folders = _data_folders(old)
-    evaluated = {_norm(f) for f in eval_sets(train_config(d, "continual")).values()}
+        cfg = _branch(cfg, old, int(state["step"]), str(folder))
+    old_folders = _data_folders(old, manifests)
+    evaluated = {norm_path(f) for f in eval_sets(cfg, manifests).values()}
+    sets = dict(cfg.eval.sets)
     for name, data in old_folders.items():
-        val = val_split(data)
-        if val is not None and _norm(val) not in evaluated:
-            if f"old_{name}" in d["eval"]["sets"]:
+        val = val_split(data, manifests)
+        if val is not None and norm_path(val) not in evaluated:
+            if f"old_{name}" in sets:
                 raise ConfigError(f"eval.sets.old_{name}: the name of the checkpoint run's held-out split of {data}")
-            d["eval"]["sets"][f"old_{name}"] = val
-    sets = eval_sets(train_config(d, "continual"))
+            sets[f"old_{name}"] = val
+    # the start's evaluation is the baseline of forgetting
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, at_start=True, sets=sets))
+    sets = eval_sets(cfg, manifests)
     if c.forgetting_sets is None:
-        old_norms = {_norm(f) for f in old_folders.values()}
-        new_only = {_norm(v) for f in _data_folders(cfg).values() if _norm(f) not in old_norms
-                    for v in [val_split(f)] if v is not None}
-        d["continual"]["forgetting_sets"] = [n for n, f in sets.items() if _norm(f) not in new_only]
+        old_norms = {norm_path(f) for f in old_folders.values()}
+        new_only = {norm_path(v) for f in _data_folders(cfg, manifests).values() if norm_path(f) not in old_norms
+                    for v in [val_split(f, manifests)] if v is not None}
+        forget = [n for n, f in sets.items() if norm_path(f) not in new_only]
+        cfg = dataclasses.replace(cfg, continual=dataclasses.replace(cfg.continual, forgetting_sets=forget))
     elif unknown := sorted(set(c.forgetting_sets) - set(sets)):
         raise ConfigError(f"continual.forgetting_sets: {unknown} are not evaluated (eval sets: {sorted(sets)})")
-    out = train_config(d, "continual")
-    _check_tokenizer([*_data_folders(out).values(), *old_folders.values()])
-    return out
+    check_tokenizers([*_data_folders(cfg, manifests).values(), *old_folders.values()], manifests,
+                     "continual: the old and the new data")
+    return train_config(to_dict(absolute_paths(cfg)), "continual")  # validated as a whole
 
 
 def load_init(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> Start:
     """Set the weights of the resolved ``cfg.continual.init_from`` into ``model`` (and the
     optimizer state with ``init_optimizer``; in a WSD branch also this rank's RNG); returns
     where the run begins. Every rank calls it (a collective under FSDP2)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     from raylm.data.position import position_from_dict
-    from raylm.infer.checkpoint import model_state_dict, read_config
+    from raylm.train.checkpoint import load_rng
+    from raylm.train.strategy.state import load_state
 
     c = cfg.continual
     folder = Path(storage.local_copy(c.init_from, cfg.storage_endpoint))  # downloaded once per machine
-    full = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state_dict(folder), options=full)
-    if c.init_optimizer:
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        sd = torch.load(folder / OPTIM, map_location="cpu", weights_only=True)
-        set_optimizer_state_dict(model, optimizer, sd, options=full)
-        for group, h in zip(optimizer.param_groups, hyper):  # the moments are the old run's, the settings ours
-            group.update(h)
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    load_state(folder, model, optimizer if c.init_optimizer else None)
+    for group, h in zip(optimizer.param_groups, hyper):  # the moments are the old run's, the settings ours
+        group.update(h)
     if not c.decay_steps:
         return Start(step=0)
-    state = json.loads((folder / STATE).read_text())
-    rng = folder / f"rng-rank{rank}.pt"
-    if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
-    position = position_from_dict(state["data"]) if same_data(cfg, read_config(folder)) else None
+    state = read_state(folder)
+    load_rng(folder, rank)
+    position = position_from_dict(state["data"]) if same_data(cfg, train_config(*read_config(folder))) else None
     return Start(step=int(state["step"]), position=position, spike_guard=state["spike_guard"])
 
 

@@ -20,6 +20,7 @@ report (e.g. generation samples; under FSDP2 every rank must call the model alik
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,10 +32,11 @@ from torch import nn
 from raylm.config import ConfigError
 from raylm.infer.evaluate import EvalSet, group_names, load_set, loss_sums, metrics, source_name
 from raylm.storage import InputError
-from raylm.train import checkpoint
+from raylm.train.checkpoint import rng_state, set_rng_state
 from raylm.train.config import TrainConfig
-from raylm.train.objective import batch_transform, training_folders
-from raylm.train.parallel import autocast, unwrap
+from raylm.train.objective import batch_transform
+from raylm.train.parallel import unwrap
+from raylm.train.run import Manifests, training_folders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,25 +53,21 @@ class EvalContext:
 EvalHook = Callable[[nn.Module, EvalContext], dict[str, Any] | None]
 
 
-def val_split(folder: str) -> str | None:
+def val_split(folder: str, manifests: Manifests) -> str | None:
     """The held-out split a token-shard folder's manifest names (None: none, or no manifest)."""
-    from raylm.data.shards import read_manifest
-
-    try:
-        val = read_manifest(folder).get("val")
-    except InputError:
-        return None
+    val = (manifests.get(folder) or {}).get("val")
     return f"{folder.rstrip('/')}/{val}" if val else None
 
 
-def eval_sets(cfg: TrainConfig) -> dict[str, str]:
+def eval_sets(cfg: TrainConfig, manifests: Manifests) -> dict[str, str]:
     """Name -> folder of every set the run evaluates (see the module docstring)."""
     out: dict[str, str] = {}
     if cfg.eval.data_val:
         for key, folder in training_folders(cfg).items():
-            val = val_split(folder)
+            val = val_split(folder, manifests)
             if val is not None:
-                out[key.removeprefix("data.sources.") if cfg.data.sources else source_name(folder)] = val
+                out[key.removeprefix("data.sources.") if cfg.data.sources else
+                    source_name(folder, manifests.read(folder))] = val
     for name, folder in cfg.eval.sets.items():
         if name in out:
             raise ConfigError(f"eval.sets.{name}: the name of the held-out split of a training source; "
@@ -78,16 +76,14 @@ def eval_sets(cfg: TrainConfig) -> dict[str, str]:
     return out
 
 
-def check_sets(cfg: TrainConfig) -> None:
+def check_eval_sets(cfg: TrainConfig, manifests: Manifests) -> None:
     """Driver side, before the run: every set of ``eval.sets`` is a token-shard folder."""
-    from raylm.data.shards import read_manifest
-
     if not cfg.eval.enabled:
         return
-    eval_sets(cfg)
+    eval_sets(cfg, manifests)
     for name, folder in cfg.eval.sets.items():
         try:
-            read_manifest(folder)
+            manifests.read(folder)
         except InputError as exc:
             raise ConfigError(f"eval.sets.{name}: {exc}") from None
 
@@ -95,18 +91,24 @@ def check_sets(cfg: TrainConfig) -> None:
 class Evaluator:
     """The loop's evaluation: ``due(step)``, then ``evaluator(model, step)`` on every rank."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, device: torch.device, precision: str,
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, device: torch.device, *,
+                 sets: dict[str, str] | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  hooks: Sequence[EvalHook] = ()) -> None:
+        """``sets``: name -> folder, as the driver resolved them (``ResolvedRun.eval_sets``);
+        None: ``eval_sets(cfg)`` from the folders' manifests."""
         self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
         self.hooks = list(hooks)
         tp = cfg.scale.tensor_parallel
         self.dp_rank, self.dp_world, self.contribute = rank // tp, max(1, world_size // tp), rank % tp == 0
         self.sets: list[EvalSet] = []
         if cfg.eval.enabled:
-            self.sets = [load_set(name, folder, cfg.eval.max_sequences) for name, folder in eval_sets(cfg).items()]
+            if sets is None:
+                sets = eval_sets(cfg, Manifests())
+            self.sets = [load_set(name, folder, cfg.eval.max_sequences) for name, folder in sets.items()]
         self.transform = batch_transform(cfg)
         self.batch_size = cfg.eval.batch_size or cfg.micro_batch_size
-        self._autocast = lambda: autocast(cfg.scale.strategy, precision, device)
+        self._autocast = autocast  # the strategy's mixed precision (``Strategy.autocast``)
 
     @property
     def active(self) -> bool:
@@ -123,7 +125,7 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
         inner = unwrap(model)
-        rng = checkpoint.rng_state()
+        rng = rng_state()
         was_training = inner.training
         inner.eval()
         try:
@@ -138,5 +140,5 @@ class Evaluator:
                 out.update(hook(inner, ctx) or {})
         finally:
             inner.train(was_training)
-            checkpoint.set_rng_state(rng)
+            set_rng_state(rng)
         return out

@@ -1,4 +1,4 @@
-"""Throughput, MFU and memory figures, and the TensorBoard writer of rank 0.
+"""Throughput, MFU and memory figures, and rank 0's TensorBoard writer and ``metrics.jsonl``.
 
 MFU (model FLOPs utilisation, PaLM appendix B): achieved model FLOPs per second over the
 device's peak, with ``ModelConfig.flops_per_token`` (6N + attention) as the model FLOPs of a
@@ -7,6 +7,7 @@ token; recomputation from activation checkpointing does not count.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 from typing import Any
@@ -68,3 +69,23 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class MetricsLog:
+    """Rank 0's record of a run in a local run folder: ``metrics.jsonl`` (one JSON object per
+    report) and ``tensorboard/``; a no-op where ``run_dir`` is None (other ranks, object-store
+    runs, whose driver keeps the log: ``raylm.train.runlog.RunLog``)."""
+
+    def __init__(self, run_dir: str | None) -> None:
+        self.tb = TensorBoard(os.path.join(run_dir, "tensorboard") if run_dir else None)
+        self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.tb.log(metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def close(self) -> None:
+        self.tb.close()

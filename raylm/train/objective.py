@@ -12,7 +12,7 @@
   ``EVAL_KEY``, the same mask at every evaluation.
 * ``fim``: next-token prediction on shards that ``raylm prepare`` FIM-transformed (Bavarian
   et al. 2022, "Efficient Training of Language Models to Fill in the Middle");
-  ``check_data`` fails before the run when a training folder's manifest records no FIM.
+  ``check_objective`` fails before the run when a training folder's manifest records no FIM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from raylm.config import ConfigError
 from raylm.data.transforms import FIMConfig, MLMConfig, mlm_mask
 from raylm.train.config import TrainConfig
+from raylm.train.run import Manifests, training_folders
 
 EVAL_KEY = 0
 """The masking key of evaluation; training steps count from 1, so no training mask repeats it."""
@@ -49,33 +50,26 @@ def batch_transform(cfg: TrainConfig) -> Callable[[dict[str, Any], int], dict[st
     return lambda batch, key: mlm_batch(batch, mlm, key)
 
 
-def training_folders(cfg: TrainConfig) -> dict[str, str]:
-    """The run's token-shard folders by config key (``data.path`` or ``data.sources.<name>``)."""
-    if cfg.data.path:
-        return {"data.path": cfg.data.path}
-    return {f"data.sources.{name}": path for name, path in cfg.data.sources.items()}
-
-
-def manifest_fim(path: str) -> FIMConfig | None:
-    """The FIM config a token-shard folder was prepared with (None: none, or rate 0)."""
+def manifest_fim(manifest: dict[str, Any]) -> FIMConfig | None:
+    """The FIM config a token-shard folder was prepared with, from its manifest (None: none, or
+    rate 0)."""
     from raylm.config import from_dict
-    from raylm.data.shards import read_manifest
 
-    fim = (read_manifest(path).get("config") or {}).get("fim")
+    fim = (manifest.get("config") or {}).get("fim")
     if not fim or not fim.get("rate"):
         return None
     return from_dict(FIMConfig, fim)
 
 
-def check_data(cfg: TrainConfig) -> None:
-    """Driver-side checks of the data against the objective: ``fim`` needs FIM'd shards."""
+def check_objective(cfg: TrainConfig, manifests: Manifests) -> None:
+    """Driver-side check of the data against the objective: ``fim`` needs FIM'd shards."""
     if cfg.objective != "fim":
         return
     from raylm.storage import InputError
 
     for key, path in training_folders(cfg).items():
         try:
-            fim = manifest_fim(path)
+            fim = manifest_fim(manifests.read(path))
         except InputError as exc:
             raise ConfigError(f"objective: fim: {key}: {exc} (FIM shards come from raylm prepare with fim:)") from None
         if fim is None:

@@ -1,17 +1,16 @@
-"""Apply parallelism, activation checkpointing, compilation and fp8 to a model built without them.
+"""What every strategy does to a model before its data-parallel wrapper, and the gradient norm.
 
 torchtitan's order: fp8 linears, tensor parallelism on each block's linears
 (``raylm.train.tensor_parallel``), activation checkpointing (every block, every n-th, or
-only the MLP or attention of each), ``torch.compile`` per block, then FSDP2 ``fully_shard``
-on each block, each multi-token-prediction module and the root (or DDP around the whole
-model; DeepSpeed wraps it later, in ``raylm.train.deepspeed``). The model module itself never
-imports ``torch.distributed``; this file is where it meets it.
+only the MLP or attention of each), ``torch.compile`` per block (``prepare``); then the
+strategy (``raylm.train.strategy``) wraps it: FSDP2 ``fully_shard`` on each block, each
+multi-token-prediction module and the root, DDP around the whole model, or DeepSpeed's
+engine. The model module itself never imports ``torch.distributed``; this file and the
+strategies are where it meets it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def checkpointed_modules(model: nn.Module, mode: str, every: int = 2) -> list[str]:
@@ -85,59 +84,22 @@ def apply_fp8(model: nn.Module) -> None:
         convert_to_float8_training(block)
 
 
-def parallelize(model: nn.Module, strategy: str, precision: str, device: torch.device,
-                activation_checkpointing: str | bool = "none", compile: bool = False, *,
-                checkpoint_every: int = 2, tensor_parallel: int = 1, fp8: bool = False) -> nn.Module:
-    """fp8 linears, tensor parallelism, checkpointing, compilation, then DDP or FSDP2
-    (bf16/fp16 parameters in compute, fp32 reductions). DeepSpeed wraps the model later, in
-    ``raylm.train.deepspeed.initialize``: here it only gets the checkpointing."""
-    if isinstance(activation_checkpointing, bool):
-        activation_checkpointing = "full" if activation_checkpointing else "none"
-    if fp8:
+def prepare(model: nn.Module, scale: Any, device: torch.device) -> Any:
+    """torchtitan's order before the data-parallel wrapper: fp8 linears, tensor parallelism
+    (returns its (dp, tp) mesh; None without), activation checkpointing, compilation.
+    ``scale`` is the run's ``ScaleConfig``."""
+    if scale.fp8:
         apply_fp8(model)
     mesh = None
-    if tensor_parallel > 1:
+    if scale.tensor_parallel > 1:
         from raylm.train.tensor_parallel import apply_tensor_parallel, device_mesh
 
-        mesh = device_mesh(device, dist.get_world_size() // tensor_parallel, tensor_parallel)
+        mesh = device_mesh(device, dist.get_world_size() // scale.tensor_parallel, scale.tensor_parallel)
         apply_tensor_parallel(model, mesh["tp"])
-    apply_activation_checkpointing(model, activation_checkpointing, checkpoint_every)
-    if compile:
+    apply_activation_checkpointing(model, scale.checkpoint_mode, scale.checkpoint_every)
+    if scale.compile:
         apply_compile(model)
-    if strategy == "deepspeed":
-        return model
-    if not dist.is_initialized() or (strategy == "ddp" and dist.get_world_size() == 1):
-        return model
-    if strategy == "ddp":
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                   gradient_as_bucket_view=True)
-    if strategy == "fsdp2":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = None
-        if precision in ("bf16", "fp16"):
-            mp = MixedPrecisionPolicy(param_dtype=_DTYPES[precision], reduce_dtype=torch.float32)
-        kw: dict[str, Any] = {"mp_policy": mp} if mp is not None else {}
-        if mesh is not None:
-            kw["mesh"] = mesh["dp"]
-        for block in model.layers:
-            fully_shard(block, **kw)
-        for module in model.mtp:  # multi-token-prediction depths: one unit each
-            fully_shard(module, **kw)
-        fully_shard(model, **kw)
-        return model
-    raise ValueError(f"unknown strategy {strategy!r}")
-
-
-@contextlib.contextmanager
-def autocast(strategy: str, precision: str, device: torch.device) -> Iterator[None]:
-    """Mixed precision for DDP (FSDP2 casts through its policy and DeepSpeed keeps bf16/fp16
-    weights itself)."""
-    if strategy in ("fsdp2", "deepspeed") or precision == "fp32":
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
-        yield
+    return mesh
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -145,27 +107,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
         return model.module
     return model
-
-
-def run_metadata(cfg: Any, model: nn.Module, precision: str, world: int) -> dict[str, Any]:
-    """What a run's parallelism is, for ``meta.json`` next to its metrics: strategy (and ZeRO
-    stage and offload), tensor-parallel degree, precision, fp8, compile, and the activation
-    checkpointing mode with the modules it recomputes, and the worker's torch CPU threads."""
-    sc = cfg.scale
-    mode = sc.checkpoint_mode
-    meta: dict[str, Any] = {
-        "strategy": sc.strategy, "world_size": world, "data_parallel": sc.data_parallel,
-        "tensor_parallel": sc.tensor_parallel, "precision": precision, "fp8": sc.fp8, "compile": sc.compile,
-        "activation_checkpointing": mode,
-        "checkpointed_modules": checkpointed_modules(model, mode, sc.checkpoint_every),
-        "num_params": cfg.model.num_params(), "global_batch_size": cfg.global_batch_size,
-        "torch_threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS to the worker's CPUs
-    }
-    if sc.strategy == "deepspeed":
-        from raylm.train.deepspeed import ds_config
-
-        meta["deepspeed"] = ds_config(cfg, precision)
-    return meta
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float | None) -> float:

@@ -15,19 +15,26 @@ from typing import Any
 
 from torch import nn
 
+from raylm.data.tokenizer import load_tokenizer
 from raylm.infer.generate import SamplingConfig
-from raylm.infer.text import complete, infill, resolve_tokenizer
-from raylm.train.config import TrainConfig
+from raylm.infer.text import complete, infill
+from raylm.storage import InputError
 from raylm.train.evaluate import EvalContext, EvalHook
+from raylm.train.run import ResolvedRun
 
 
-def sample_hook(cfg: TrainConfig) -> EvalHook | None:
-    """The hook for ``cfg.eval.samples`` (None when it asks for none). The tokenizer is loaded
-    here, at start-up, so a missing one fails the run before its first step."""
-    s = cfg.eval.samples
+def sample_hook(run: ResolvedRun) -> EvalHook | None:
+    """The hook for ``eval.samples`` (None when it asks for none), with ``eval.samples.tokenizer``
+    or else the training data's (as the driver found it in the manifests, and checked it is
+    there). The tokenizer is loaded here, at start-up, so one missing on this worker's node
+    fails the run before its first step."""
+    s = run.cfg.eval.samples
     if not s.prompts and not s.infill:
         return None
-    sp, add_bos = resolve_tokenizer(cfg, s.tokenizer)
+    try:
+        sp, add_bos = load_tokenizer(s.tokenizer or run.tokenizer), run.add_bos
+    except FileNotFoundError as exc:
+        raise InputError(f"eval.samples: {exc}") from None
     sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
                               top_p=s.top_p, seed=s.seed)
     sampling.validate()

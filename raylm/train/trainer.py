@@ -1,15 +1,15 @@
 """Driver side of ``raylm train``: a Ray Train V2 ``TorchTrainer`` from a ``TrainConfig``.
 
-The config travels to the workers as a plain dict (``to_dict``) and is rebuilt and validated
-there. ``RunConfig(name, storage_path)`` is where checkpoints go; a rerun with the same name
-resumes from the latest one, and with ``max_failures`` a run whose worker dies (a preempted
-spot node) restarts its workers from the latest checkpoint by itself. With local storage,
-rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an object store
-(``s3://``, ``storage_endpoint`` for S3-compatible ones) ``raylm.train.runlog.RunLog`` writes them
-there from the driver. Before any worker starts, the data are checked against the objective
-(``objective: fim`` needs FIM'd shards) and ``eval.sets`` must be token-shard folders; a
-continual run (``continual.init_from``) is resolved against its checkpoint
-(``raylm.train.continual.resolve``) and its ``config.json`` is the resolved config. Next to it
+The run is resolved once, here, before any worker starts (``raylm.train.resolve.resolve_run``:
+absolute paths, a continual run's checkpoint, the schedule's length, every manifest read once
+and every check of the run against its data); the ``ResolvedRun`` travels to the workers as a
+plain dict (``train_loop_config``) and is rebuilt there, and the run folder's ``config.json``
+is its resolved config. ``RunConfig(name, storage_path)`` is where checkpoints go; a rerun with
+the same name resumes from the latest one, and with ``max_failures`` a run whose worker dies (a
+preempted spot node) restarts its workers from the latest checkpoint by itself. With local
+storage, rank 0 writes ``metrics.jsonl`` and ``tensorboard/`` into the run folder; with an
+object store (``s3://``, ``storage_endpoint`` for S3-compatible ones)
+``raylm.train.runlog.RunLog`` writes them there from the driver. Next to ``config.json``,
 ``hardware.json`` records the cluster the run had (for ``raylm.train.report``).
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raylm import console, storage
+from raylm.cluster import check_paths_on_nodes
 from raylm.config import to_dict
 from raylm.train.config import TrainConfig
 from raylm.train.report import hardware
@@ -61,19 +62,17 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raylm.train.continual import resolve
-    from raylm.train.evaluate import check_sets
     from raylm.train.loop import train_loop_per_worker
-    from raylm.train.objective import check_data
+    from raylm.train.resolve import resolve_run
 
-    cfg = resolve(cfg)  # continual.init_from: the run it means (replay sources, branch schedule, old eval sets)
     env = {**storage.use_endpoint(cfg.storage_endpoint), **(env or {})}
-    check_data(cfg)  # the objective's demands on the shards, and the eval sets, before anything starts
-    check_sets(cfg)
+    run = resolve_run(cfg)  # the run it means, checked against its data, before anything starts
+    cfg = run.cfg
     folder = run_dir(cfg)
     if folder:
         os.makedirs(folder, exist_ok=True)
         Path(folder, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    check_paths_on_nodes(run.paths())  # on a cluster: every node sees the local folders
     fs, path = storage.filesystem(cfg.storage_path, cfg.storage_endpoint)
     callbacks = list(callbacks or [])
     if not folder:
@@ -82,10 +81,11 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     _data_stats_on_this_node()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg), "run_dir": folder},
+        train_loop_config={"run": run.to_dict(), "run_dir": folder},
         torch_config=TorchConfig(backend="nccl" if cfg.scale.use_gpu and cfg.scale.device == "auto" else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
+                                     resources_per_worker=worker_resources(cfg),
+                                     elastic_resize_monitor_interval_s=cfg.scale.resize_interval_s),
         run_config=RunConfig(
             name=cfg.name, storage_path=path, storage_filesystem=fs if folder is None else None,
             checkpoint_config=CheckpointConfig(num_to_keep=ckpt.keep, checkpoint_score_attribute=ckpt.score,

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from raylm.config import ConfigError, load_yaml, merge, to_dict
+from raylm.config import ConfigError, load_data, load_yaml, merge, set_dotted, to_dict
 from raylm.train.config import TrainConfig, train_config
 
 SPACES = ("grid", "choice", "loguniform", "uniform")
@@ -79,9 +79,9 @@ class SweepConfig:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict[str, Any]]:
     """The sweep config and its base train config as a dict (validated by building it once)."""
-    from raylm.config import from_dict, parse_overrides
+    from raylm.config import from_dict
 
-    data = merge(load_yaml(path), parse_overrides(overrides or []))
+    data = load_data(path, overrides)[0]
     try:
         sweep = from_dict(SweepConfig, data)
     except ConfigError as exc:
@@ -94,27 +94,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         base = load_yaml(tpath)
     base = merge(base, sweep.train)
     for key in sweep.search:
-        _set(copy.deepcopy(base), key, None)  # the key must name a place in the config
+        set_dotted(copy.deepcopy(base), key, None, f"search: {key!r}")  # the key must name a place in the config
     train_config(base, f"{path}: train")
     return sweep, base
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    node = d
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"search: {dotted!r}: {p!r} is not a section")
-    node[leaf] = value
-    return d
 
 
 def trial_config(base: dict[str, Any], values: dict[str, Any], name: str, storage: str) -> TrainConfig:
     """The train config of one trial: ``base`` with the trial's dotted ``values``."""
     d = copy.deepcopy(base)
     for key, value in values.items():
-        _set(d, key, value)
+        set_dotted(d, key, value, f"search: {key!r}")
     d["name"], d["storage_path"] = name, storage
     return train_config(d, f"trial {name}")
 
@@ -194,7 +183,7 @@ def transfer(best: dict[str, Any] | str | os.PathLike, cfg: TrainConfig) -> Trai
         best = json.loads(Path(best).read_text())
     d = to_dict(cfg)
     for key, value in best["values"].items():
-        _set(d, key, value)
+        set_dotted(d, key, value, f"search: {key!r}")
     swept = best["model"]
     d["model"]["parametrization"] = swept["parametrization"]
     if swept["parametrization"] == "mup":

@@ -4,6 +4,7 @@ real Ray Train restart (a killed worker): ``tests/train/test_preemption.py``."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -104,6 +105,31 @@ def test_world_size_change_is_refused(packed_dir):
         TrainBatches(packed_dir, B, 0, 2, pos, seed=SEED + 1, window=WINDOW)
 
 
+def steps_of(data, world: int, batch: int, accum: int, position: DataPosition | None, steps: int) -> list[set]:
+    """The sequences of each of ``steps`` optimizer steps at a split (world x batch x accum), all ranks."""
+    out = [set() for _ in range(steps)]
+    for rank in range(world):
+        with TrainBatches(data, batch, rank, world, position, seed=SEED, prefetch=0, window=WINDOW,
+                          num_sequences=N, grad_accum=accum) as it:
+            for s in range(steps):
+                for _ in range(accum):
+                    out[s] |= set(next(it)["seq_id"].tolist())
+    return out
+
+
+def test_a_position_resumes_on_another_number_of_workers(packed_dir):
+    """Saved by 2 workers x 4 sequences (8 per step) in epoch 0, resumed by 1 x 4 x 2 micro-batches,
+    4 x 2 and 4 x 1 x 2: every step trains on the sequences the 2 workers would have, and the
+    epoch rolls over after the same step (N = 200: 25 steps of 8, the same tail skipped)."""
+    k = 20
+    whole = steps_of(packed_dir, W, B, 1, None, 30)
+    saved = take(packed_dir, 0, k)[1]
+    for world, batch, accum in ((1, B, 2), (4, 2, 1), (4, 1, 2)):
+        assert steps_of(packed_dir, world, batch, accum, saved, 10) == whole[k:]
+    with pytest.raises(ValueError, match="set global_batch: 8"):
+        TrainBatches(packed_dir, B, 0, 1, saved, seed=SEED, window=WINDOW)  # 4 per step
+
+
 def test_id_map_maps_indices_to_unit_position_ids_and_back():
     from raylm.data.reader import IdMap
 
@@ -115,3 +141,25 @@ def test_id_map_maps_indices_to_unit_position_ids_and_back():
     assert m.seq_id_range(1, 4) == (1, (3 << 32) | 2)  # one seq_id range per index window
     ident = IdMap.identity(5)
     assert ident.to_seq_id(np.arange(5)).tolist() == list(range(5)) == ident.to_index(np.arange(5)).tolist()
+
+
+def test_a_stuck_read_fails_instead_of_hanging(packed_dir, monkeypatch):
+    """A read that gives nothing (an object store that stops answering, a Ray Data read with no
+    CPU to run on) fails the loader after ``timeout_s`` with the data named, instead of leaving
+    the run waiting for ever."""
+    from raylm.data.reader import SeqSource
+
+    release = threading.Event()
+
+    def stuck(self, lo, hi, batch_size):
+        release.wait(60)
+        yield from ()
+
+    monkeypatch.setattr(SeqSource, "batches", stuck)
+    batches = TrainBatches(packed_dir, B, 0, W, seed=SEED, window=WINDOW, timeout_s=1)
+    try:
+        with pytest.raises(TimeoutError, match=f"{packed_dir}, rank 0: no data from the reader for 1 s"):
+            next(batches)
+    finally:
+        release.set()
+        batches.close()

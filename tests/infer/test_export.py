@@ -92,6 +92,7 @@ def mup_checkpoint(prepared, tmp_path_factory) -> str:
     from raylm.model.mup import mup_lr_scale
     from raylm.optim.optimizers import build_optimizer
     from raylm.train import checkpoint
+    from raylm.train.strategy import build_strategy
     from raylm.tune.local import load_batches
 
     cfg = train_config({
@@ -111,7 +112,10 @@ def mup_checkpoint(prepared, tmp_path_factory) -> str:
         optimizer.step()
         optimizer.zero_grad()
     folder = tmp_path_factory.mktemp("mup-run") / "checkpoint_000000"
-    checkpoint.save(str(folder), model, optimizer, {"step": 8, "data": {}}, 0, config=to_dict(cfg))
+    strategy = build_strategy(cfg, "fp32", torch.device("cpu"))  # one process: the model as it is
+    strategy.wrap(model)
+    strategy.setup(optimizer)
+    checkpoint.save(str(folder), strategy, {"step": 8, "data": {}}, 0, config=to_dict(cfg))
     return str(folder)
 
 

@@ -189,6 +189,7 @@ def test_architecture_and_tokenizer_must_match_the_checkpoint(runs, prepared, tm
 
 def test_init_optimizer_loads_the_moments_and_keeps_this_runs_settings(runs):
     """``init_optimizer: true``: Adam's state is the checkpoint's, weight decay this run's."""
+    from raylm.checkpoint import optimizer_state_dict
     from raylm.model import Transformer
     from raylm.optim.optimizers import build_optimizer
 
@@ -197,7 +198,7 @@ def test_init_optimizer_loads_the_moments_and_keeps_this_runs_settings(runs):
     model = Transformer(cfg.model)
     optimizer = build_optimizer(model, cfg.optim, {})
     assert load_init(cfg, model, optimizer, 0).step == 0
-    saved = torch.load(Path(cfg.continual.init_from) / "optim.pt", weights_only=True)
+    saved = optimizer_state_dict(cfg.continual.init_from)
     moments = optimizer.state_dict()["state"]
     assert len(moments) == len(saved["state"]) > 0
     name = "layers.0.attention.wq.weight"

@@ -16,7 +16,7 @@ import pytest
 
 from raylm.config import ConfigError
 from raylm.train.config import train_config
-from raylm.train.deepspeed import ds_config
+from raylm.train.strategy.deepspeed import ds_config
 from raylm.train.trainer import fit, read_metrics, run_dir
 from tests.train.sample import STEPS, config, losses
 

@@ -310,7 +310,7 @@ def test_evaluator_hooks_see_the_model_and_training_state_is_untouched(prepared)
         torch.rand(3), np.random.rand(), random.random()  # a hook that draws random numbers
         return {"gen/hello": 1.0}
 
-    ev = Evaluator(cfg, 0, 1, torch.device("cpu"), "fp32", hooks=[hook])
+    ev = Evaluator(cfg, 0, 1, torch.device("cpu"), hooks=[hook])
     assert [s.name for s in ev.sets] == list(SOURCES) and ev.due(0) and ev.due(4) and not ev.due(5)
     model = Transformer(cfg.model)
     torch.manual_seed(5), np.random.seed(5), random.seed(5)

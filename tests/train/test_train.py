@@ -43,7 +43,7 @@ def test_metrics_checkpoints_and_tensorboard(reference_runs):
     with result.checkpoint.as_directory() as folder:
         names = sorted(p.name for p in Path(folder).iterdir())
         state = json.loads((Path(folder) / "state.json").read_text())
-    assert {"model.pt", "optim.pt", "state.json", "rng-rank0.pt", "rng-rank1.pt"} <= set(names)
+    assert {"model_and_optim", "state.json", "config.json", "rng-rank0.pt", "rng-rank1.pt"} <= set(names)
     assert state["step"] == STEPS and state["data"]["consumed"] == STEPS * 8
     assert list((Path(run_dir(train_config(d))) / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -53,8 +53,9 @@ def test_a_checkpoint_alone_rebuilds_the_trained_model(reference_runs, shards):
     the first training batch is the trained one, far below the untrained model's."""
     import torch
 
+    from raylm.checkpoint import CheckpointError, resolve_checkpoint
     from raylm.data.loader import TrainBatches
-    from raylm.infer.checkpoint import CheckpointError, load_model, resolve_checkpoint
+    from raylm.infer.checkpoint import load_model
     from raylm.model import Transformer
 
     d, result = reference_runs["fsdp"]

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from raylm.checkpoint import DS_TAG
+from raylm.optim.optimizers import apply_lr
 from raylm.train.config import TrainConfig
+from raylm.train.strategy.base import Strategy
 
 
 def ds_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
@@ -51,7 +55,7 @@ def ds_config(cfg: TrainConfig, precision: str) -> dict[str, Any]:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scale.use_gpu}
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_accumulation_steps": cfg.grad_accum_at(cfg.scale.max_workers),
         "gradient_clipping": cfg.clip_grad_norm or 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # raylm's AdamW with its parameter groups
@@ -85,7 +89,46 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCon
     return engine
 
 
-def grad_norm(engine: Any) -> float:
-    """The global gradient norm (before clipping) of the step just taken."""
-    norm = engine.get_global_grad_norm()
-    return float(norm) if norm is not None else float("nan")
+class DeepSpeed(Strategy):
+    """The engine steps, clips and reduces; the spike guard is off (``TrainConfig.validate``),
+    so every step is applied. Checkpoints are the engine's own (``zero/``), each rank writing
+    its ZeRO partition, restored at the same world size; before ``setup`` (a continual run's
+    ``init_from``) the weights of any checkpoint are set into the plain model, which
+    ``deepspeed.initialize`` then partitions."""
+
+    name = "deepspeed"
+
+    def setup(self, optimizer: torch.optim.Optimizer) -> None:
+        super().setup(optimizer)
+        self.model = initialize(self.model, optimizer, self.cfg, self.precision, self.device)
+
+    def metadata(self, world: int) -> dict[str, Any]:
+        return {**super().metadata(world), "deepspeed": ds_config(self.cfg, self.precision)}
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        self.model.backward(loss, scale_wrt_gas=False)
+        if not last:
+            self.model.step()  # not a boundary: DeepSpeed only counts the micro-batch
+
+    def grad_norm(self, lr_multiplier: float) -> float:
+        apply_lr(self.optimizer, self.cfg.optim.lr, lr_multiplier)
+        self.model.step()  # the boundary: reduce, clip and update
+        norm = self.model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def step(self, apply: bool, lr_multiplier: float) -> None:
+        pass  # done in ``grad_norm``
+
+    def save(self, folder: str, async_save: bool = False) -> None:
+        self.model.save_checkpoint(folder, tag=DS_TAG, save_latest=False)  # async_save: ddp/fsdp2 only
+
+    def load(self, folder: str, optimizer: bool = True) -> None:
+        if not _is_engine(self.model):  # before ``setup``: weights into the plain model
+            super().load(folder, optimizer=False)
+            return
+        self.model.load_checkpoint(str(Path(folder)), tag=DS_TAG, load_lr_scheduler_states=False,
+                                   load_optimizer_states=optimizer)
+
+
+def _is_engine(model: nn.Module) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine"
