@@ -136,6 +136,9 @@ class Loop:
         self.step, self.position = state["step"], position_from_dict(state["data"])
         self.guard.load_state_dict(state["spike_guard"])
         self.eval_start = state.get("eval_start")
+        if self.rank == 0:  # Ray Train's own account of the restart is INFO, quiet by default
+            print(f"step {self.step}: resumed from this run's latest checkpoint on {self.world} worker(s) "
+                  f"(after a worker failed, its node was preempted or the group was resized)", flush=True)
 
     def begin(self, start: continual.Start) -> None:
         """Go on from where a continual run's ``init_from`` says."""
