@@ -75,7 +75,8 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from raylm.cluster import RayConfig, ensure_ray
     from raylm.train.config import load_train_config
-    from raylm.train.trainer import fit, read_metrics, run_dir
+    from raylm.train.runlog import read_metrics
+    from raylm.train.trainer import fit, run_dir
 
     cfg = load_train_config(args.config, args.set)
     if args.from_sweep:
@@ -129,8 +130,9 @@ def _generate(args: argparse.Namespace) -> int:
     from raylm.checkpoint import CheckpointError
     from raylm.data.tokenizer import special_ids
     from raylm.infer.checkpoint import load_model
-    from raylm.infer.generate import SamplingConfig
-    from raylm.infer.text import complete, infill, resolve_tokenizer
+    from raylm.infer.text import resolve_tokenizer
+    from raylm.model.generate import SamplingConfig
+    from raylm.model.text import complete, infill
 
     try:
         device = torch.device(args.device)

@@ -62,7 +62,8 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
     from raylm.train.config import train_config
     from raylm.train.progress import TrainProgress
     from raylm.train.report import run_report
-    from raylm.train.trainer import fit, read_metrics, run_dir
+    from raylm.train.runlog import read_metrics
+    from raylm.train.trainer import fit, run_dir
 
     if not SAMPLE.is_dir():
         raise FileNotFoundError(f"{SAMPLE}: the sample corpus is missing from this checkout")

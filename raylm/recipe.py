@@ -117,7 +117,8 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
     from raylm.data.tokenizer import train_tokenizer
     from raylm.infer.evaluate import evaluate_checkpoint
     from raylm.train.report import run_report
-    from raylm.train.trainer import fit, read_metrics, run_dir
+    from raylm.train.runlog import read_metrics
+    from raylm.train.trainer import fit, run_dir
 
     cfg.validate()
     root = Path(out).resolve()
@@ -202,7 +203,7 @@ def _bits_per_char(metrics: dict[str, float], val: Path, tokenizer: str) -> floa
     """Held-out bits per character: the summed loss (nats) over ln 2 and over the characters of
     the held-out text, which the lossless tokenizer gives back by decoding the shards."""
     from raylm.data.tokenizer import load_tokenizer
-    from raylm.infer.evaluate import load_set
+    from raylm.train.heldout import load_set
 
     loss, n = metrics.get(f"val/{SOURCE}/loss"), metrics.get(f"val/{SOURCE}/tokens")
     if loss is None:

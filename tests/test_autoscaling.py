@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raylm.train.trainer import read_metrics
+from raylm.train.runlog import read_metrics
 from tests.local_head import RAY, Head, free_ports, start_head
 
 REPO = Path(__file__).resolve().parent.parent

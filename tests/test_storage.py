@@ -19,7 +19,8 @@ import pytest
 from raylm import storage
 from raylm.config import ConfigError
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit
 from tests.train.sample import config
 
 BUCKET = "raylm-test"

@@ -25,7 +25,7 @@ reads a shard folder's manifest's files only, so the nested split is never train
 held-out shards record each segment's language (the curated ``lang_field`` column, "" where
 there is none) and, with FIM, which tokens are FIM middles (``fim_middle``), and pad each
 file's last sequence instead of dropping it, so no held-out document is lost; evaluation
-(``raylm.infer.evaluate``) leaves the padding out.
+(``raylm.train.heldout``) leaves the padding out.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ cache holds the ``kv_heads`` key/value heads only, so it is ``n_heads / kv_heads
 smaller than the queries.
 
 A step may feed one token (plain decoding) or ``T`` tokens at once: the prompt (prefill), or
-a speculative draft that the model verifies in one forward (``raylm.infer.speculative``); new
+a speculative draft that the model verifies in one forward (``raylm.model.speculative``); new
 token ``i`` (at position ``start + i``) sees the cached positions and new tokens ``0..i``.
 ``truncate`` rolls the cache back, e.g. past rejected draft tokens: later entries are simply
 overwritten. A cache holds one document per row, all rows at the same length.

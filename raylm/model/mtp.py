@@ -13,7 +13,7 @@ model's last block output) with the embedding of token ``i + k``,
 with the main model's embedding and output matrix shared (a norm of its own per module, as
 DeepSeek-V3's released MTP weights have). The loss is ``L_main + lambda / D * sum_k L_k``
 (``ModelConfig.mtp_weight`` is lambda). At inference the modules are dropped, or draft tokens
-that the main model verifies (``raylm.infer.speculative``).
+that the main model verifies (``raylm.model.speculative``).
 
 Packed rows: module ``k``'s block attends inside the documents of the row like the main
 model's. Its target at ``i`` is token ``i + k + 1``, ignored unless it lies in the same

@@ -2,7 +2,7 @@
 
 The sets are the held-out splits of the training folders (``raylm prepare`` with ``val:``
 writes ``<folder>/val`` and names it in the folder's manifest), named by their source, plus
-``eval.sets``. Every rank loads the same sequences of every set once (``raylm.infer.evaluate.
+``eval.sets``. Every rank loads the same sequences of every set once (``raylm.train.heldout.
 load_set``), evaluates its data-parallel slice with ``loss_sums`` (the function ``raylm eval``
 uses) and the sums are all-reduced, so the numbers are those of one process over the whole
 set (token-weighted), under DDP, FSDP2 (whose forward is a collective: every rank runs the
@@ -30,10 +30,10 @@ import torch.distributed as dist
 from torch import nn
 
 from raylm.config import ConfigError
-from raylm.infer.evaluate import EvalSet, group_names, load_set, loss_sums, metrics, source_name
 from raylm.storage import InputError
 from raylm.train.checkpoint import rng_state, set_rng_state
 from raylm.train.config import TrainConfig
+from raylm.train.heldout import EvalSet, group_names, load_set, loss_sums, metrics, source_name
 from raylm.train.objective import batch_transform
 from raylm.train.parallel import unwrap
 from raylm.train.run import Manifests, training_folders

@@ -109,7 +109,7 @@ def render(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any], meta: dic
 def write_report(run: str, out: str | None = None, endpoint: str | None = None) -> str:
     """Write the report of run folder ``run`` (local or a URI) to ``out`` (default
     ``<run>/report.html``); returns where it went."""
-    from raylm.train.trainer import read_metrics
+    from raylm.train.runlog import read_metrics
 
     fs, root = storage.filesystem(run, endpoint)
     root = root.rstrip("/")

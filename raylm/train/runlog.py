@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.train import UserCallback
 
+from raylm import storage
+
 
 class RunLog(UserCallback):
     """``metrics.jsonl`` and TensorBoard scalars (and samples) of rank 0's reports, copied to
@@ -57,3 +59,19 @@ class RunLog(UserCallback):
         for name in os.listdir(tb):
             pafs.copy_files(os.path.join(tb, name), f"{run}/tensorboard/{name}",
                             source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The run's ``metrics.jsonl`` (a local folder or a URI) by step (a step logged twice,
+    before a failure and after the resume, keeps its last record)."""
+    fs, root = storage.filesystem(folder, endpoint)
+    try:
+        with fs.open_input_stream(f"{root}/metrics.jsonl") as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        row = json.loads(line)
+        by_step[row["step"]] = row
+    return [by_step[s] for s in sorted(by_step)]

@@ -2,7 +2,7 @@
 
 At every evaluation (``raylm.train.evaluate.Evaluator`` hooks) each ``eval.samples`` prompt is
 continued, and each ``[prefix, suffix]`` pair infilled, by the unwrapped model with
-``raylm.infer.generate`` (KV cache; greedy by default). The texts are returned as
+``raylm.model.generate`` (KV cache; greedy by default). The texts are returned as
 ``samples/<i>`` metrics, which rank 0 writes to TensorBoard's text tab and ``metrics.jsonl``.
 Every rank generates (an FSDP2 forward is a collective), with the same seeded generator, so all
 ranks decode the same tokens; the sampler has its own generator and the evaluator restores the
@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from raylm.data.tokenizer import load_tokenizer
-from raylm.infer.generate import SamplingConfig
-from raylm.infer.text import complete, infill
+from raylm.model.generate import SamplingConfig
+from raylm.model.text import complete, infill
 from raylm.storage import InputError
 from raylm.train.evaluate import EvalContext, EvalHook
 from raylm.train.run import ResolvedRun

@@ -104,19 +104,3 @@ def _write_json(fs, path: str, data: dict[str, Any]) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(json.dumps(data, indent=2).encode())
-
-
-def read_metrics(folder: str, endpoint: str | None = None) -> list[dict[str, Any]]:
-    """The run's ``metrics.jsonl`` (a local folder or a URI) by step (a step logged twice,
-    before a failure and after the resume, keeps its last record)."""
-    fs, root = storage.filesystem(folder, endpoint)
-    try:
-        with fs.open_input_stream(f"{root}/metrics.jsonl") as f:
-            lines = f.read().decode().splitlines()
-    except FileNotFoundError:
-        return []
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in lines:
-        row = json.loads(line)
-        by_step[row["step"]] = row
-    return [by_step[s] for s in sorted(by_step)]

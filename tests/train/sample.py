@@ -24,7 +24,8 @@ from raylm.data.prepare import HeldOutConfig, PrepareConfig, held_out, prepare
 from raylm.data.tokenizer import TokenizerConfig, load_tokenizer, train_from_iterator
 from raylm.data.transforms import FIMConfig
 from raylm.train.config import train_config
-from raylm.train.trainer import read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import run_dir
 
 SAMPLE = Path(__file__).parents[2] / "data/sample/corpus.jsonl.gz"
 SEQ_LEN, VOCAB, STEPS = 64, 1024, 8

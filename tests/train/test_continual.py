@@ -20,7 +20,8 @@ from raylm.config import ConfigError, to_dict
 from raylm.optim.schedules import ScheduleConfig, lr_at
 from raylm.train.config import train_config
 from raylm.train.continual import load_init, resolve
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.test_eval import checkpoint_at, run_config
 
 LR = 3e-3

@@ -16,8 +16,9 @@ import pytest
 
 from raylm.config import ConfigError
 from raylm.train.config import train_config
+from raylm.train.runlog import read_metrics
 from raylm.train.strategy.deepspeed import ds_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import STEPS, config, losses
 
 pytest.importorskip("deepspeed")
@@ -58,7 +59,7 @@ def test_zero_stage_follows_fsdp2(fsdp_losses, shards, held, tmp_path, stage, of
     every forward) equals what the final checkpoint, consolidated from ZeRO's shards, gives in
     one process; evaluation leaves training as it was (the losses still follow FSDP2)."""
     from raylm.infer.checkpoint import load_model
-    from raylm.infer.evaluate import evaluate, load_set
+    from raylm.train.heldout import evaluate, load_set
 
     d = config(shards, tmp_path, f"zero{stage}", 2, **DS, **{"scale.deepspeed.stage": stage,
                                                              "scale.deepspeed.offload_optimizer": offload,

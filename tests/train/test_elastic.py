@@ -22,8 +22,8 @@ from raylm.data.loader import TrainBatches
 from raylm.data.position import global_order
 from raylm.train.config import train_config
 from raylm.train.module import TrainModule, build_model
+from raylm.train.runlog import read_metrics
 from raylm.train.strategy import build_strategy
-from raylm.train.trainer import read_metrics
 from tests.train.elastic_cluster import run_config, seq_rows
 
 N, WINDOW, GLOBAL = 256, 64, 8  # the ``shards`` fixture, the run's shuffle window and global batch

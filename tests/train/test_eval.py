@@ -23,7 +23,8 @@ from raylm.data.shards import UNIT_SHIFT, read_manifest
 from raylm.data.tokenizer import EOS_ID, load_tokenizer
 from raylm.data.transforms import fim_transform_middle
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import FIM, SEQ_LEN, SOURCES, VAL, VOCAB, with_keys
 
 STEPS = 8
@@ -105,8 +106,8 @@ def test_prepare_writes_a_disjoint_val_split_with_languages(prepared):
 def test_an_empty_split_is_an_empty_set(prepared):
     """A source too small to hold anything out gets an empty val split (a manifest, no shards),
     which evaluates to no numbers rather than an error."""
-    from raylm.infer.evaluate import evaluate, load_set
     from raylm.model import ModelConfig, Transformer
+    from raylm.train.heldout import evaluate, load_set
 
     tiny = prepared["tokens"] / "tiny"
     assert read_manifest(str(tiny))["documents"] == 1 and prepared["summary"]["sources"]["tiny"]["val"]["documents"] == 0
@@ -199,7 +200,7 @@ def test_eval_equals_a_single_process_recomputation(fim_runs, prepared):
     """The step-4 checkpoint evaluated in one process (other batch size, no all-reduce) gives the
     numbers the 2 ranks reported at step 4."""
     from raylm.infer.checkpoint import load_model
-    from raylm.infer.evaluate import evaluate, load_set
+    from raylm.train.heldout import evaluate, load_set
 
     d, _, rows = fim_runs["eval"]
     model, cfg, state = load_model(checkpoint_at(run_dir(train_config(d)), 4))
@@ -216,8 +217,9 @@ def test_samples_in_training_are_the_unsharded_models(fim_runs):
     """The step-8 samples, drawn inside the 2 Ray Train workers from the FSDP2-sharded model in
     train mode, are what the step-8 checkpoint writes in one process with the same sampling."""
     from raylm.infer.checkpoint import load_model
-    from raylm.infer.generate import SamplingConfig
-    from raylm.infer.text import complete, infill, resolve_tokenizer
+    from raylm.infer.text import resolve_tokenizer
+    from raylm.model.generate import SamplingConfig
+    from raylm.model.text import complete, infill
 
     d, _, rows = fim_runs["eval"]
     model, cfg, _ = load_model(checkpoint_at(run_dir(train_config(d)), 8))
@@ -274,8 +276,8 @@ def test_slices_of_the_ranks_sum_to_the_whole_and_run_alike(prepared):
     the same number of forwards even where the set does not split evenly."""
     import torch
 
-    from raylm.infer.evaluate import group_names, load_set, loss_sums
     from raylm.model import ModelConfig, Transformer
+    from raylm.train.heldout import group_names, load_set, loss_sums
 
     sets = [load_set(n, str(prepared["tokens"] / n / "val"), 31) for n in SOURCES]
     torch.manual_seed(0)
@@ -353,7 +355,7 @@ def test_wrong_objective_combinations_are_config_errors(prepared, tmp_path, caps
 
 def test_mlm_batch_masks_by_seq_id_and_key(prepared):
     from raylm.data.loader import IGNORE_INDEX, make_batch
-    from raylm.infer.evaluate import load_set
+    from raylm.train.heldout import load_set
     from raylm.train.objective import mlm_batch
 
     s = load_set("books", str(prepared["tokens"] / "books" / "val"), 16)

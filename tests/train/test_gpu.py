@@ -14,7 +14,8 @@ from raylm.model import Transformer, model_config
 from raylm.model.attention import flash_available
 from raylm.train.config import train_config
 from raylm.train.parallel import apply_compile
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.model.batches import packed_batch
 from tests.train.sample import config
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import SEQ_LEN, config
 
 

@@ -20,7 +20,8 @@ from raylm.cli import main
 from raylm.data.tokenizer import EOS_ID, load_tokenizer
 from raylm.infer.checkpoint import load_model
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import SEQ_LEN, VOCAB
 
 STEPS = 14
@@ -70,8 +71,8 @@ def _argmax_without_cache(model, ids: list[int], n: int) -> list[int]:
 def test_generate_greedy_and_speculative_from_the_checkpoint(run, prepared, capsys):
     """The CLI finds the tokenizer through the shard manifest; its greedy text is argmax
     decoding by full forwards; ``--speculative`` prints the same text and its acceptance."""
-    from raylm.infer.generate import SamplingConfig
-    from raylm.infer.text import complete
+    from raylm.model.generate import SamplingConfig
+    from raylm.model.text import complete
 
     ckpt = run[1].checkpoint.path
     model, _, _ = load_model(ckpt)
@@ -95,8 +96,8 @@ def test_generate_greedy_and_speculative_from_the_checkpoint(run, prepared, caps
 
 def test_generate_fills_in_the_middle(run, prepared, capsys):
     from raylm.data.tokenizer import special_ids
-    from raylm.infer.generate import SamplingConfig, generate
-    from raylm.infer.text import fim_prompt
+    from raylm.model.generate import SamplingConfig, generate
+    from raylm.model.text import fim_prompt
 
     ckpt = run[1].checkpoint.path
     model, _, _ = load_model(ckpt)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import STEPS, config
 
 EVERY = 3  # the reference run's checkpoint interval

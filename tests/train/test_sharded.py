@@ -17,7 +17,8 @@ from raylm.checkpoint import SHARDS, model_state_dict, optimizer_state_dict
 from raylm.data.position import global_order
 from raylm.infer.checkpoint import load_model
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import STEPS, with_keys
 from tests.train.test_preemption import data_order
 

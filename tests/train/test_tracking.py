@@ -22,8 +22,8 @@ import yaml
 from raylm.cli import main
 from raylm.config import to_dict
 from raylm.train.config import train_config
+from raylm.train.runlog import read_metrics
 from raylm.train.tracking import flatten
-from raylm.train.trainer import read_metrics
 from tests.train.sample import STEPS, config
 
 mlflow = pytest.importorskip("mlflow")

@@ -17,7 +17,8 @@ from raylm.cli import main
 from raylm.config import ConfigError
 from raylm.train.config import train_config
 from raylm.train.report import write_report
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 from tests.train.sample import STEPS, VOCAB, config, losses
 
 

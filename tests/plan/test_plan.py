@@ -17,7 +17,7 @@ from raylm.plan import CHECKPOINTING, GiB, memory, plan, plan_config
 from raylm.plan.measure import measure_step
 from raylm.train.parallel import apply_activation_checkpointing
 
-RESULTS = Path(__file__).parents[1] / "benchmarks" / "results" / "plan_validation.json"
+RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "plan_validation.json"
 MODEL = {"vocab_size": 512, "d_model": 128, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64,
          "attention": "sdpa"}
 

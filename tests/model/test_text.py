@@ -6,7 +6,7 @@ import numpy as np
 
 from raylm.data.tokenizer import SPECIAL_TOKENS
 from raylm.data.transforms import FIMConfig, fim_transform
-from raylm.infer.text import fim_prompt
+from raylm.model.text import fim_prompt
 
 IDS = {piece: i for i, piece in enumerate(SPECIAL_TOKENS)}
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raylm.infer.generate import SamplingConfig, generate
-from raylm.infer.speculative import speculative_greedy
 from raylm.model import Transformer, model_config
+from raylm.model.generate import SamplingConfig, generate
 from raylm.model.mtp import IGNORE_INDEX, mtp_labels
+from raylm.model.speculative import speculative_greedy
 
 VOCAB, PERIOD, L = 32, 11, 48
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from raylm.config import ConfigError
-from raylm.infer.generate import SamplingConfig, filter_logits, generate, next_token
 from raylm.model import Transformer, model_config
+from raylm.model.generate import SamplingConfig, filter_logits, generate, next_token
 
 VOCAB = 48
 

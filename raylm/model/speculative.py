@@ -35,8 +35,8 @@ from collections.abc import Sequence
 import torch
 
 from raylm.data.tokenizer import EOS_ID
-from raylm.infer.generate import Generation, budget, model_device
 from raylm.model import Transformer
+from raylm.model.generate import Generation, budget, model_device
 from raylm.model.kv_cache import KVCache
 
 
