@@ -43,7 +43,8 @@ from raylm.config import to_dict
 from raylm.data.prepare import HeldOutConfig, PrepareConfig, prepare
 from raylm.data.tokenizer import TokenizerConfig, train_from_iterator
 from raylm.train.config import train_config
-from raylm.train.trainer import fit, read_metrics, run_dir
+from raylm.train.runlog import read_metrics
+from raylm.train.trainer import fit, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data/sample/corpus.jsonl.gz"

@@ -161,7 +161,8 @@ def train_ours(cfg: TrainConfig, threads: int, val: list[Batch]) -> dict[str, An
     """``raylm train`` through Ray Train (Ray already started); then every checkpoint evaluated
     on ``val``."""
     from raylm.infer.checkpoint import load_model
-    from raylm.train.trainer import fit, read_metrics, run_dir
+    from raylm.train.runlog import read_metrics
+    from raylm.train.trainer import fit, run_dir
 
     t0 = time.perf_counter()
     result = fit(cfg, env={"OMP_NUM_THREADS": str(threads)})

@@ -4,8 +4,8 @@ Trains a tiny decoder with ``mtp_heads`` DeepSeek-V3 MTP modules (``raylm.model.
 main + lambda/D sum_k L_k) in-process on the shipped sample corpus (``data/sample/``, English
 and Korean; the 1024-piece BPE and packing of ``mup_corpus``), then, on prompts from held-out
 sequences, decodes greedily three ways in one process: plain greedy on the KV cache
-(``raylm.infer.generate``, one main-model forward per token) and speculative greedy
-(``raylm.infer.speculative``) with the first 1 and all ``mtp_heads`` depths drafting. The
+(``raylm.model.generate``, one main-model forward per token) and speculative greedy
+(``raylm.model.speculative``) with the first 1 and all ``mtp_heads`` depths drafting. The
 outputs must be token for token identical; reported are the acceptance rate of the drafts,
 the tokens per main-model forward and the speed-up over plain greedy, in wall-clock and in
 CPU time (best of ``--repeats`` interleaved timings of all prompts; CPU time is what other
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mup_corpus import VOCAB, sample_shards  # noqa: E402
 
-from raylm.infer.generate import SamplingConfig, generate  # noqa: E402
-from raylm.infer.speculative import speculative_greedy  # noqa: E402
 from raylm.model import ModelConfig, Transformer  # noqa: E402
+from raylm.model.generate import SamplingConfig, generate  # noqa: E402
 from raylm.model.mtp import IGNORE_INDEX, mtp_labels  # noqa: E402
+from raylm.model.speculative import speculative_greedy  # noqa: E402
 from raylm.optim import OptimConfig, ScheduleConfig, apply_lr, build_optimizer, lr_multiplier  # noqa: E402
 from raylm.tune.local import load_batches  # noqa: E402
 

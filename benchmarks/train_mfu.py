@@ -139,7 +139,8 @@ def pipeline(size: str, seq_len: int, batch: int, steps: int, tokens: str, compi
     from raylm.data.shards import read_manifest
     from raylm.data.tokenizer import load_tokenizer
     from raylm.train.config import train_config
-    from raylm.train.trainer import fit, read_metrics, run_dir
+    from raylm.train.runlog import read_metrics
+    from raylm.train.trainer import fit, run_dir
 
     manifest = read_manifest(tokens)  # raylm prepare writes it inside the source folder
     if manifest["seq_len"] != seq_len:
