@@ -114,3 +114,35 @@ def test_state_round_trip_is_strict_json_and_resumes_identically():
 def test_validate_names_the_field(kw, message):
     with pytest.raises(ConfigError, match=message):
         SpikeGuardConfig(**kw).validate()
+
+
+def test_an_fp16_step_skipped_as_a_spike_lowers_the_loss_scale_and_training_goes_on():
+    """Under fp16 the gradient norm is read after ``unscale_``; a skipped step must still move the
+    GradScaler on, or the next step's ``unscale_`` refuses ("already been called")."""
+    import torch
+
+    from raylm.model import Transformer
+    from raylm.model.mup import mup_lr_scale
+    from raylm.optim.optimizers import build_optimizer
+    from raylm.train.config import train_config
+    from raylm.train.strategy import build_strategy
+
+    cfg = train_config({"name": "fp16", "data": {"path": "unused"},
+                        "model": {"flavor": "debug", "vocab_size": 64, "max_seq_len": 16, "attention": "sdpa"}})
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    strategy = build_strategy(cfg, "fp16", torch.device("cpu"))
+    strategy.wrap(model)
+    strategy.setup(build_optimizer(model, cfg.optim, mup_lr_scale(cfg.model)))
+    ids = torch.randint(0, 64, (2, 16))
+    scale = strategy.scaler.get_scale()
+    before = [p.detach().clone() for p in model.parameters()]
+    for apply, overflow in ((False, True), (True, False)):
+        strategy.backward(model.loss(model(ids), ids) * (float("inf") if overflow else 1.0), last=True)
+        norm = strategy.grad_norm(1.0)
+        assert math.isfinite(norm) != overflow
+        strategy.step(apply=apply, lr_multiplier=1.0)
+        if overflow:  # skipped: the weights are as they were and the scale went down
+            assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+            assert strategy.scaler.get_scale() < scale
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the next step was taken

@@ -105,6 +105,8 @@ class Strategy:
             apply_lr(self.optimizer, self.cfg.optim.lr, lr_multiplier)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        elif self.scaler.is_enabled():  # fp16: grad_norm unscaled; the scaler must still move on
+            self.scaler.update()  # (an overflow lowers the loss scale, as a skipped scaler.step would)
         self.optimizer.zero_grad(set_to_none=True)
 
     # -- checkpoints ------------------------------------------------------------------------------
