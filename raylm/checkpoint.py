@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -54,14 +55,34 @@ def rng_file(rank: int) -> str:
     return f"rng-rank{rank}.pt"
 
 
+def missing_shards(fs: pafs.FileSystem, path: str) -> list[str]:
+    """The files a sharded checkpoint ``path`` names but does not hold yet: the ``.distcp``
+    files its DCP ``.metadata`` indexes and every rank's RNG file (``state.json``'s world size).
+    Each rank's files reach storage on their own, so a node lost while a checkpoint uploads
+    leaves rank 0's ``state.json`` and ``.metadata`` without the other ranks' shards."""
+    try:
+        with fs.open_input_stream(f"{path}/{STATE}") as f:
+            world = json.loads(f.read()).get("world_size")
+        with fs.open_input_stream(f"{path}/{SHARDS}/{DCP_METADATA}") as f:
+            index = pickle.loads(f.read())  # DCP's own format (FileSystemReader.read_metadata)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        return [f"{STATE} or {SHARDS}/{DCP_METADATA} unreadable ({exc})"]
+    named = {f"{SHARDS}/{info.relative_path}" for info in (getattr(index, "storage_data", None) or {}).values()}
+    named |= {rng_file(r) for r in range(world or 0)}
+    held = {f"{SHARDS}/{i.base_name}" for i in fs.get_file_info(pafs.FileSelector(f"{path}/{SHARDS}"))}
+    held |= {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
+    return sorted(named - held)
+
+
 def _kind_in(fs: pafs.FileSystem, path: str) -> Kind | None:
+    """The kind of checkpoint ``path`` is; None if it is none, or a sharded one still incomplete."""
     def kind(p: str) -> pafs.FileType:
         return fs.get_file_info(p).type
 
     if kind(f"{path}/{STATE}") != pafs.FileType.File:
         return None
     if kind(f"{path}/{SHARDS}/{DCP_METADATA}") == pafs.FileType.File:
-        return "sharded"
+        return None if missing_shards(fs, path) else "sharded"
     if kind(f"{path}/{MODEL}") == pafs.FileType.File:
         return "full"
     if kind(f"{path}/{DS_TAG}") == pafs.FileType.Directory:
@@ -72,7 +93,10 @@ def _kind_in(fs: pafs.FileSystem, path: str) -> Kind | None:
 def checkpoint_kind(folder: str | os.PathLike) -> Kind:
     """The format of the local checkpoint ``folder``: "sharded" (DCP ``model_and_optim/``),
     "full" (``model.pt``) or "deepspeed" (``zero/``)."""
-    kind = _kind_in(pafs.LocalFileSystem(), os.path.abspath(folder))
+    fs, path = pafs.LocalFileSystem(), os.path.abspath(folder)
+    kind = _kind_in(fs, path)
+    if kind is None and os.path.isfile(os.path.join(path, SHARDS, DCP_METADATA)):
+        raise CheckpointError(f"{folder}: an incomplete checkpoint: missing {', '.join(missing_shards(fs, path)[:4])}")
     if kind is None:
         raise CheckpointError(f"{folder}: not a checkpoint folder (no {STATE} with {SHARDS}/, {MODEL} or {DS_TAG}/)")
     return kind
@@ -88,6 +112,9 @@ def find_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> str
     given = str(path).rstrip("/")
     if _kind_in(fs, root) is not None:
         return given
+    if fs.get_file_info(f"{root}/{SHARDS}/{DCP_METADATA}").type == pafs.FileType.File:
+        raise CheckpointError(f"{path}: an incomplete checkpoint (its shards did not all reach storage): "
+                              f"missing {', '.join(missing_shards(fs, root)[:4])}")
     found = []
     for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.type == pafs.FileType.Directory and _kind_in(fs, info.path) is not None:

@@ -84,3 +84,26 @@ def test_an_async_saved_checkpoint_is_complete(resized):
     assert {p.name for p in (folder / SHARDS).iterdir()} == {".metadata"} | {f"__{r}_0.distcp" for r in range(4)}
     model, cfg, state = load_model(folder)
     assert state["step"] == STEPS + MORE and state["world_size"] == 4 and cfg.global_batch == GLOBAL
+
+
+def test_a_checkpoint_whose_shards_did_not_all_arrive_is_never_picked(reference_runs, tmp_path):
+    """Each rank's files reach storage on their own: a node lost while a checkpoint uploads
+    leaves rank 0's state.json and .metadata without rank 1's shard. ``raylm eval``/``generate``
+    and ``continual.init_from`` (``find_checkpoint``) take the latest complete one instead."""
+    from raylm.checkpoint import CheckpointError, find_checkpoint, rng_file
+
+    d, result = reference_runs["fsdp"]
+    run = tmp_path / "run"
+    shutil.copytree(run_dir(train_config(d)), run)
+    ckpts = sorted(p for p in run.iterdir() if (p / "state.json").is_file())
+    assert len(ckpts) >= 2, ckpts
+    latest, before = ckpts[-1], ckpts[-2]
+    assert find_checkpoint(run) == str(latest)
+    (latest / SHARDS / "__1_0.distcp").unlink()
+    assert find_checkpoint(run) == str(before)
+    with pytest.raises(CheckpointError, match=r"incomplete checkpoint.*__1_0\.distcp"):
+        find_checkpoint(latest)
+    for folder in ckpts[:-1]:  # the other rank's RNG state counts too
+        (folder / rng_file(1)).unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint inside it"):
+        find_checkpoint(run)
