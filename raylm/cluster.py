@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 
@@ -86,11 +87,14 @@ def worker_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) + n["Resources"].get("GPU", 0) > 0]
 
 
-def check_paths_on_nodes(paths: dict[str, str]) -> None:
+def check_paths_on_nodes(paths: dict[str, str], timeout_s: float = 60.0) -> None:
     """On a cluster of several nodes, every local path of ``paths`` (config key -> path) must be
     there on every node that may run a worker: ``ConfigError`` naming the key, the path and the
-    nodes that cannot see it. Each node answers with a task of 0 CPUs pinned to it. Nothing is
-    checked for URIs (``s3://``), outside Ray, or on one node."""
+    nodes that cannot see it (or saying it is nowhere, when the driver cannot see it either).
+    Each node answers with a task of 0 CPUs pinned to it, all within one ``timeout_s``; a node
+    that does not answer (busy, or gone meanwhile) is named in a warning, not an error. Nothing
+    is checked for URIs (``s3://``), outside Ray, or on one node; a node that joins later (an
+    elastic run growing) is not asked."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -101,19 +105,34 @@ def check_paths_on_nodes(paths: dict[str, str]) -> None:
     if len(nodes) < 2:
         return
 
-    @ray.remote(num_cpus=0)
+    @ray.remote(num_cpus=0, max_retries=0)
     def missing(ps: list[str]) -> list[str]:
         return [p for p in ps if not os.path.exists(p)]
 
     asked = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": missing.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(list(local.values()))
         for n in nodes}
+    ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout_s)
     absent: dict[str, list[str]] = {}
+    unanswered = []
     for node, ref in asked.items():
-        for p in ray.get(ref, timeout=120):
-            absent.setdefault(p, []).append(node)
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+            unanswered.append(node)
+            continue
+        try:
+            for p in ray.get(ref):
+                absent.setdefault(p, []).append(node)
+        except ray.exceptions.RayError:  # the node went away meanwhile
+            unanswered.append(node)
     for key, p in local.items():
+        if p in absent and not os.path.exists(p):
+            raise ConfigError(f"{key}: {p} does not exist, neither here (the driver) nor on node(s) "
+                              f"{', '.join(absent[p])} of the {len(nodes)}-node cluster")
         if p in absent:
             raise ConfigError(f"{key}: {p} is not there on node(s) {', '.join(absent[p])} of the {len(nodes)}-node "
                               "cluster; every worker reads it: put it on a file system all nodes share, or in "
                               "object storage (s3://...)")
+    if unanswered:
+        warnings.warn(f"could not check that node(s) {', '.join(unanswered)} see {', '.join(local.values())} "
+                      f"(no answer within {timeout_s:.0f} s)", stacklevel=2)

@@ -40,10 +40,12 @@ class DataConfig:
     window: int = 4096
     """Shuffle window in sequences."""
     prefetch: int = 2
-    """Windows read ahead by each worker's background thread (per source)."""
+    """Windows read ahead by each worker's background thread (per source); 0: read in the
+    training thread itself, with no ``read_timeout_s`` (nothing to watch the read from)."""
     read_timeout_s: float = 600.0
     """A worker whose reads give it nothing for this long fails with an error naming the data
-    (rather than waiting for ever); ``max_failures`` then restarts the run."""
+    (rather than waiting for ever); ``max_failures`` then restarts the run. Needs
+    ``prefetch`` >= 1."""
 
     def validate(self) -> None:
         if bool(self.path) == bool(self.sources):

@@ -17,6 +17,7 @@ from raylm.train.objective import check_objective
 from raylm.train.run import (
     Manifests,
     ResolvedRun,
+    absolute,
     absolute_paths,
     check_tokenizers,
     training_folders,
@@ -64,7 +65,8 @@ def _data_facts(run: ResolvedRun, manifests: Manifests) -> None:
             continue
         prepared = m.get("config") or {}
         if run.tokenizer is None and prepared.get("tokenizer"):
-            run.tokenizer, run.add_bos = prepared["tokenizer"], bool(prepared.get("add_bos", False))
+            # as given to prepare, which may be relative: to the driver's working folder, as checked
+            run.tokenizer, run.add_bos = absolute(prepared["tokenizer"]), bool(prepared.get("add_bos", False))
         seq_len = m.get("seq_len")
         if seq_len is not None and int(seq_len) > cfg.model.max_seq_len:
             raise ConfigError(f"model.max_seq_len: {cfg.model.max_seq_len} is shorter than the sequences of {key} "

@@ -116,15 +116,19 @@ def training_folders(cfg: TrainConfig) -> dict[str, str]:
     return {f"data.sources.{name}": path for name, path in cfg.data.sources.items()}
 
 
-def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its local folders absolute (URIs as they are)."""
-    def local(p: str) -> str:
-        return p if not p or storage.is_remote(p) else os.path.abspath(p.removeprefix("file://"))
+def absolute(p: str | None) -> str | None:
+    """A local path made absolute on the driver (workers on other nodes have other working
+    folders); a URI or nothing as it is."""
+    return p if not p or storage.is_remote(p) else os.path.abspath(p.removeprefix("file://"))
 
-    d = cfg.data
-    data = dataclasses.replace(d, path=local(d.path), sources={k: local(v) for k, v in d.sources.items()})
-    ev = dataclasses.replace(cfg.eval, sets={k: local(v) for k, v in cfg.eval.sets.items()})
-    return dataclasses.replace(cfg, data=data, eval=ev, storage_path=local(cfg.storage_path))
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its local folders and files absolute (URIs as they are)."""
+    d, ev = cfg.data, cfg.eval
+    data = dataclasses.replace(d, path=absolute(d.path), sources={k: absolute(v) for k, v in d.sources.items()})
+    ev = dataclasses.replace(ev, sets={k: absolute(v) for k, v in ev.sets.items()},
+                             samples=dataclasses.replace(ev.samples, tokenizer=absolute(ev.samples.tokenizer)))
+    return dataclasses.replace(cfg, data=data, eval=ev, storage_path=absolute(cfg.storage_path))
 
 
 def with_total_steps(cfg: TrainConfig) -> TrainConfig:

@@ -72,6 +72,9 @@ def test_the_resolved_config_says_what_runs(prepared, tmp_path, monkeypatch):
         resolve_run(train_config(with_model(d, max_seq_len=32)))
     with pytest.raises(ConfigError, match="eval.samples: eval.samples.tokenizer .*nope.model is not a file"):
         resolve_run(train_config({**d, "eval": {"samples": {"prompts": ["x"], "tokenizer": "nope.model"}}}))
+    rel = os.path.relpath(prepared["model"], prepared["root"])  # a file, made absolute too
+    run = resolve_run(train_config({**d, "eval": {"samples": {"prompts": ["x"], "tokenizer": rel}}}))
+    assert run.cfg.eval.samples.tokenizer == os.fspath(prepared["model"]) and not os.path.isabs(rel)
 
 
 def with_model(d: dict, **model) -> dict:
