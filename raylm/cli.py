@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     say(f"train {cfg.name}: {cfg.model.num_params() / 1e6:.1f}M parameters, {sc.num_workers} Ray Train "
         f"worker{'s' * (sc.num_workers > 1)} ({sc.strategy}), {cfg.steps} steps of {cfg.global_batch_size} sequences")
     with TrainProgress(cfg) as progress:
-        result = fit(cfg, callbacks=[progress.callback])
+        result = fit(cfg, callbacks=progress.callbacks)
     folder = run_dir(cfg)
     rows = read_metrics(folder) if folder else progress.rows
     last = rows[-1] if rows else {}

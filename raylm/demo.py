@@ -107,7 +107,7 @@ def run_demo(output: str = "out/demo", num_cpus: int = 4, steps: int = 60) -> in
     shutil.rmtree(run_dir(train), ignore_errors=True)  # a new run, not the resumption of the last demo's
     t_train = time.perf_counter()
     with TrainProgress(train) as progress:
-        result = fit(train, callbacks=[progress.callback])
+        result = fit(train, callbacks=progress.callbacks)
     folder = run_dir(train)
     rows = [r for r in read_metrics(folder) if "loss" in r]
     plot_loss(rows, str(Path(folder) / "loss.png"))

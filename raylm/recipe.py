@@ -164,7 +164,7 @@ def run_recipe(cfg: RecipeConfig, out: str, quiet: bool = False) -> dict[str, An
         from raylm.train.progress import TrainProgress
 
         with TrainProgress(train_cfg) as progress:
-            result = fit(train_cfg, callbacks=[progress.callback])
+            result = fit(train_cfg, callbacks=progress.callbacks)
     if result.error is not None:
         raise RuntimeError(f"recipe: training failed: {result.error}")
     run_report(train_cfg)

@@ -258,9 +258,12 @@ def test_a_node_drained_for_preemption_gets_a_checkpoint_first_and_the_run_goes_
     # the checkpoint of that step was written before the node went (checkpoint.every is 0: no other)
     assert r["checkpoints_when_killed"] == [step] and step <= r["step_when_killed"] < STEPS, \
         (step, r["checkpoints_when_killed"], r["step_when_killed"])
-    # what the job's log says of the restart (Ray Train's own account is INFO, quiet by default)
-    assert re.search(rf"step {step}: resumed from this run's latest checkpoint on 1 worker", r["logs"]), \
+    # what the job's log says of the restart (Ray Train's own account is INFO, quiet by default):
+    # raylm's lines from the Train controller, then the resumed worker's
+    assert "train: the worker group stopped (Training was interrupted by node preemption" in r["logs"], \
         r["logs"][-4000:]
+    assert "train: training again on 1 worker(s)" in r["logs"]
+    assert re.search(rf"step {step}: resumed from this run's latest checkpoint on 1 worker", r["logs"])
     # the run went on from it on another node (the drained one was gone): a second worker process
     where = {w["node_id"] for w in r["workers"]}  # a worker group may also start and stop before training
     assert r["drained"] in where and len(where) == 2, where

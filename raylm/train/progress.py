@@ -8,6 +8,10 @@ and a thread of the driver draws them while ``fit`` waits:
 - elsewhere, one line per log window:
   ``step   20/60  loss 6.237  lr 2.6e-03  grad 0.31  24.8k tok/s  wait 1%  eta 25s``;
 - held-out evaluations as a line of their own in both;
+- what happens to the worker group (a failure or preemption and the restart from the latest
+  checkpoint, an elastic resize, the run training again and on how many workers), from a
+  controller callback, and every minute a line while a restarted run waits for room for its
+  workers; Ray Train's own account of these is INFO, quiet by default;
 all on stderr, where progress goes.
 """
 
@@ -18,6 +22,7 @@ import time
 from typing import Any
 
 from ray.train import UserCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback  # Ray: "custom workarounds" welcome
 
 from raylm import console
 from raylm.train.config import TrainConfig
@@ -32,6 +37,45 @@ class _Forward(UserCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if metrics and "step" in metrics[0]:
             self.queue.put_nowait(dict(metrics[0]))
+
+
+def _first_line(error: Any, limit: int = 160) -> str:
+    text = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _Events(ControllerCallback):
+    """In the Train controller: the worker group's restarts, resizes and starts into the driver's
+    queue as ``{"event": kind, "text": ...}`` (each state entered once, not every poll)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.state: str | None = None
+        self.workers: int | None = None
+        self.restarted = False
+
+    def _put(self, kind: str, text: str) -> None:
+        self.queue.put_nowait({"event": kind, "text": text, "workers": self.workers})
+
+    def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
+        name = type(current_state).__name__
+        if name == self.state:
+            return
+        self.state = name
+        if name == "SchedulingState":
+            self.workers = getattr(current_state.scaling_decision, "num_workers", self.workers)
+        elif name in ("RestartingState", "ReschedulingState"):
+            self.restarted = True
+            self._put("restart", f"the worker group stopped ({_first_line(current_state.training_failed_error)}); "
+                                 "it restarts from the latest checkpoint when there is room for its workers")
+        elif name == "ResizingState":
+            self.restarted = True
+            n = getattr(current_state.scaling_decision, "num_workers", "more")
+            self._put("restart", f"room for {n} workers: the worker group restarts at that size from the latest "
+                                 "checkpoint")
+        elif name == "RunningState" and self.restarted:
+            self.restarted = False
+            self._put("running", f"training again on {self.workers} worker(s)")
 
 
 def window_line(row: dict[str, Any], steps: int, eta: float | None) -> str:
@@ -61,22 +105,27 @@ def eval_line(row: dict[str, Any]) -> str | None:
 
 
 class TrainProgress:
-    """``with TrainProgress(cfg) as p: fit(cfg, callbacks=[p.callback])``; ``p.rows`` are the
-    reports seen, in order."""
+    """``with TrainProgress(cfg) as p: fit(cfg, callbacks=p.callbacks)``; ``p.rows`` are the
+    reports seen, in order, ``p.events`` the worker group's."""
 
     def __init__(self, cfg: TrainConfig, poll_s: float = 0.25) -> None:
         self.cfg, self.poll_s = cfg, poll_s
         self.rows: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self.queue = None
         self.bar = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t_first: float | None = None
         self._step_first = 0
+        self._waiting: float | None = None  # since the last line while a restarted run waits for workers
+        self._waiting_from = 0.0
+        self.wait_line_s = 60.0
 
     @property
-    def callback(self) -> UserCallback:
-        return _Forward(self.queue)
+    def callbacks(self) -> list[Any]:
+        """For ``fit(cfg, callbacks=...)``: rank 0's reports and the worker group's events."""
+        return [_Forward(self.queue), _Events(self.queue)]
 
     def __enter__(self) -> TrainProgress:
         from ray.util.queue import Queue
@@ -110,9 +159,22 @@ class TrainProgress:
             try:
                 self._show(self.queue.get(timeout=self.poll_s))
             except Empty:
-                continue
+                if self._waiting is not None and time.perf_counter() - self._waiting >= self.wait_line_s:
+                    waited = console.duration(time.perf_counter() - self._waiting_from)
+                    console.say(f"train: still waiting for room for the workers ({waited}; a run below "
+                                "scale.num_workers' minimum waits for nodes)", progress=True)
+                    self._waiting = time.perf_counter()
 
     def _show(self, row: dict[str, Any]) -> None:
+        if "event" in row:
+            self.events.append(row)
+            console.say(f"train: {row['text']}", progress=True)
+            if row["event"] == "restart":
+                self._waiting = self._waiting_from = time.perf_counter()
+            else:
+                self._waiting = None
+            return
+        self._waiting = None
         self.rows.append(row)
         evaluated = eval_line(row)
         if "loss" in row:

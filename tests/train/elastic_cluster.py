@@ -51,6 +51,7 @@ def main(shards: str, out: str) -> None:
 
     from raylm.config import ConfigError
     from raylm.train.config import train_config
+    from raylm.train.progress import TrainProgress
     from raylm.train.trainer import fit, run_dir
 
     out_dir = Path(out)
@@ -69,7 +70,9 @@ def main(shards: str, out: str) -> None:
     folder = Path(run_dir(cfg))
     folder.mkdir(parents=True, exist_ok=True)
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("result", fit(cfg)), daemon=True)
+    progress = TrainProgress(cfg).__enter__()  # what raylm train prints of the worker group (never exited:
+    runner = threading.Thread(  # the process ends with os._exit below)
+        target=lambda: result.setdefault("result", fit(cfg, callbacks=progress.callbacks)), daemon=True)
     runner.start()
 
     def event(name: str) -> None:
@@ -101,6 +104,7 @@ def main(shards: str, out: str) -> None:
     if "result" in result:
         report["error"] = repr(result["result"].error)
     report["run"] = str(folder)
+    report["group_events"] = list(progress.events)
     (out_dir / "elastic.json").write_text(json.dumps(report, indent=2))
     ray.shutdown()
     cluster.shutdown()  # the run, if still going, goes with it

@@ -52,13 +52,13 @@ def elastic(shards, tmp_path_factory) -> dict:
     return report
 
 
-def final_records(folder: Path) -> dict[int, list[int]]:
+def final_records(folder: Path, steps: range) -> dict[int, list[int]]:
     """step -> the seq_ids it was trained on by the last worker group that trained it: rank 0's
     last record says that group's size, and its ranks' last records say the rest."""
     ranks = [{r["step"]: r for r in seq_rows(folder, rank)} for rank in range(2)]
     out = {}
-    for step, first in ranks[0].items():
-        rows = [ranks[r][step] for r in range(first["world"])]
+    for step in steps:
+        rows = [ranks[r][step] for r in range(ranks[0][step]["world"])]
         out[step] = [i for row in rows for i in row["seq_ids"]]
     return out
 
@@ -71,8 +71,8 @@ def test_a_node_lost_then_added_back_is_survived(elastic, shards):
     worlds = [r["world"] for r in seq_rows(folder, 0)]
     assert [w for i, w in enumerate(worlds) if i == 0 or w != worlds[i - 1]] == [2, 1, 2]  # shrank, grew back
     done = next(e["rank0_step"] for e in elastic["events"] if e["event"] == "done")
-    trained = final_records(folder)
     steps = range(1, done)
+    trained = final_records(folder, steps)
     for step in steps:  # exactly the global order: nothing skipped, nothing seen twice
         epoch, at = divmod((step - 1) * GLOBAL, N)
         assert sorted(trained[step]) == sorted(global_order(N, WINDOW, 0, epoch)[at:at + GLOBAL].tolist()), step
@@ -80,9 +80,20 @@ def test_a_node_lost_then_added_back_is_survived(elastic, shards):
     np.testing.assert_allclose([logged[s] for s in steps], reference_losses(shards, len(steps)), rtol=1e-4)
 
 
+def test_the_console_says_what_happened_to_the_worker_group(elastic):
+    """The lines ``raylm train`` prints (``TrainProgress``): the group stopped when the node went,
+    trained again on one worker, had room for two when the node came back, trained on two."""
+    seen = [(e["event"], e["workers"]) for e in elastic["group_events"]]
+    assert seen[0][0] == "restart" and "worker group stopped" in elastic["group_events"][0]["text"], seen
+    assert ("running", 1) in seen and seen[-1] == ("running", 2), seen
+    grow = next(e for e in elastic["group_events"] if e["event"] == "restart" and "room for 2 workers" in e["text"])
+    assert seen.index(("running", 1)) < elastic["group_events"].index(grow), seen
+
+
 def test_a_local_path_the_nodes_cannot_see_is_named(elastic):
     error = elastic["missing_path_error"]
     assert "data.path" in error and "nowhere" in error and "node" in error
+    assert "does not exist, neither here (the driver) nor on node(s)" in error  # not on a shared FS either
 
 
 def reference_losses(shards: str, steps: int) -> list[float]:
