@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raylm.checkpoint import CONFIG, STATE, read_state, rng_file
+from raylm.checkpoint import CONFIG, STATE, CheckpointError, checkpoint_kind, read_state, rng_file
 from raylm.train.strategy import Strategy
 
 
@@ -83,10 +83,16 @@ def save(folder: str, strategy: Strategy, state: dict[str, Any], rank: int, conf
 
 def load(folder: str, strategy: Strategy, rank: int, world: int) -> dict[str, Any]:
     """Restore model, optimizer (and, at the world size they were saved at, this rank's RNG
-    states) from ``folder``; returns its ``state.json``."""
-    strategy.load(folder)
+    states) from ``folder``; returns its ``state.json``. DeepSpeed's own checkpoint (``zero/``)
+    resumes at the world size it was saved at only: another one is an error saying so."""
     state = read_state(folder)
-    if state.get("world_size", world) == world:  # older checkpoints: their rng files say
+    saved = state.get("world_size", world)
+    if saved != world and checkpoint_kind(folder) == "deepspeed":
+        raise CheckpointError(f"{folder}: a DeepSpeed checkpoint of {saved} workers cannot resume on {world}: "
+                              "DeepSpeed's ZeRO partitions are per rank (resume at scale.num_workers: "
+                              f"{saved}, or train with ddp/fsdp2, whose sharded checkpoints re-shard)")
+    strategy.load(folder)
+    if saved == world:  # older checkpoints: their rng files say
         load_rng(folder, rank)
     return state
 

@@ -116,3 +116,15 @@ def test_bad_deepspeed_config_is_a_clear_error():
         train_config({"data": {"path": "x"}, "scale": {"strategy": "deepspeed"}})
     with pytest.raises(ConfigError, match="adamw only"):
         train_config({**base, "optim": {"name": "lion"}, "scale": {"strategy": "deepspeed"}})
+
+
+def test_a_zero_checkpoint_on_another_number_of_workers_is_a_clear_error(tmp_path):
+    """DeepSpeed's engine checkpoint is per rank: resuming it at another world size says so
+    (before DeepSpeed's own loader fails in its own words)."""
+    from raylm.checkpoint import CheckpointError
+    from raylm.train import checkpoint
+
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "state.json").write_text(json.dumps({"step": 4, "data": {}, "world_size": 2}))
+    with pytest.raises(CheckpointError, match="DeepSpeed checkpoint of 2 workers cannot resume on 1"):
+        checkpoint.load(str(tmp_path), None, 0, 1)
