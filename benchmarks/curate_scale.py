@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG = "steps:\n  - minhash_dedup: {threshold: 0.8}\n"
@@ -183,7 +185,7 @@ def main() -> None:
     result = {
         "benchmark": "curate_scale", "date": dt.date.today().isoformat(), "num_cpus": args.num_cpus,
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (CPU only)",
-        "cpu_model": _cpu_model(), "config": CONFIG, "rows": rows,
+        "cpu_model": cpu_model(), "config": CONFIG, "rows": rows,
         "removed_equals_planted": all(r["removed"] == r["planted"] for r in rows),
     }
     if len(sizes) >= 2:
@@ -193,16 +195,6 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, Path(args.out).with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from machine import cpu_model  # benchmarks/machine.py
 
 from raylm.config import to_dict
 from raylm.data.loader import IGNORE_INDEX, make_batch
@@ -417,7 +418,7 @@ def main() -> None:
     result = {
         "benchmark": "hf_parity",
         "date": dt.date.today().isoformat(),
-        "device": f"{platform.machine()} CPU ({_cpu_name()}), {args.threads} torch threads per training, fp32",
+        "device": f"{platform.machine()} CPU ({cpu_model()}), {args.threads} torch threads per training, fp32",
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "ray": _version("ray")},
         "setup": {
             "corpus": str(SAMPLE.relative_to(ROOT)),
@@ -475,13 +476,6 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in (
         "val_loss_rel_gap_vs_hf", "val_loss_rel_gap_vs_hf_stderr", "val_loss_rel_gap_vs_hf_same_init",
         "hf_scaled_residual_rel_gap_vs_hf", "tokens_per_s_ratio_vs_hf", "meets_target", "checks")}, indent=2))
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _version(package: str) -> str:

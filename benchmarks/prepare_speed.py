@@ -32,7 +32,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from machine import cpu_model  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -210,16 +210,6 @@ def pack_waste_on_sample(model: str, seq_len: int) -> dict:
     st = packer.stats
     return {"documents": len(docs), "tokens": st.tokens_in, "seq_len": seq_len, "sequences": st.sequences,
             "dropped_tokens": st.dropped, "padded_tokens": st.padded, "waste_fraction": round(st.waste_fraction, 5)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

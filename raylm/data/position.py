@@ -33,8 +33,38 @@ _POSITION_VERSION = 1
 _MIX_VERSION = 1
 
 
+class _StepSplit:
+    """What both positions hold of how an optimizer step is split: ``world_size`` workers,
+    ``batch_size`` sequences per worker and micro-batch, ``grad_accum`` micro-batches."""
+
+    world_size: int
+    batch_size: int
+    grad_accum: int
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences of one micro-batch of every worker."""
+        return self.batch_size * self.world_size
+
+    @property
+    def step_size(self) -> int:
+        """Sequences per optimizer step, all workers together (the run's global batch)."""
+        return self.global_batch_size * self.grad_accum
+
+    def _check_step_size(self, now: _StepSplit, what: str) -> None:
+        """``ValueError`` unless ``now`` trains as many sequences per step as this position."""
+        if self.step_size != now.step_size:
+            raise ValueError(
+                f"cannot resume the {what} exactly: it was saved with world_size={self.world_size} "
+                f"batch_size={self.batch_size} grad_accum={self.grad_accum} ({self.step_size} sequences per "
+                f"step) but this run has world_size={now.world_size} batch_size={now.batch_size} "
+                f"grad_accum={now.grad_accum} ({now.step_size}); exact resume needs the same global batch "
+                f"(set global_batch: {self.step_size} to resume on another number of workers)"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
-class DataPosition:
+class DataPosition(_StepSplit):
     """Where a data-parallel run is in its global data order; the same on every rank."""
 
     epoch: int = 0
@@ -49,16 +79,6 @@ class DataPosition:
     num_sequences: int = 0
     grad_accum: int = 1
     """Micro-batches per optimizer step: an epoch ends on a whole step."""
-
-    @property
-    def global_batch_size(self) -> int:
-        """Sequences of one micro-batch of every worker."""
-        return self.batch_size * self.world_size
-
-    @property
-    def step_size(self) -> int:
-        """Sequences per optimizer step, all workers together (the run's global batch)."""
-        return self.global_batch_size * self.grad_accum
 
     @property
     def epoch_size(self) -> int:
@@ -107,14 +127,7 @@ class DataPosition:
                     f"cannot resume the data position exactly: it was saved with {name}={saved} "
                     f"({what}) but this run has {name}={then}; exact resume needs the same {name}"
                 )
-        if self.step_size != now.step_size:
-            raise ValueError(
-                f"cannot resume the data position exactly: it was saved with world_size={self.world_size} "
-                f"batch_size={self.batch_size} grad_accum={self.grad_accum} ({self.step_size} sequences per "
-                f"step) but this run has world_size={now.world_size} batch_size={now.batch_size} "
-                f"grad_accum={now.grad_accum} ({now.step_size}); exact resume needs the same global batch "
-                f"(set global_batch: {self.step_size} to resume on another number of workers)"
-            )
+        self._check_step_size(now, "data position")
         moved = dataclasses.replace(now, epoch=self.epoch, consumed=self.consumed)
         if moved.consumed % moved.global_batch_size:
             raise ValueError(f"data position consumed={moved.consumed} is not a multiple of "
@@ -123,7 +136,7 @@ class DataPosition:
 
 
 @dataclasses.dataclass(frozen=True)
-class MixPosition:
+class MixPosition(_StepSplit):
     """Where a mixed run is: the Mixer's state and the settings it is only valid with."""
 
     mixer: dict[str, Any]
@@ -133,15 +146,6 @@ class MixPosition:
     batch_size: int = 1
     window: int = 4096
     grad_accum: int = 1
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def step_size(self) -> int:
-        """Sequences per optimizer step, all workers together."""
-        return self.global_batch_size * self.grad_accum
 
     @property
     def sequences_seen(self) -> int:
@@ -168,13 +172,7 @@ class MixPosition:
             if saved != then:
                 raise ValueError(f"cannot resume the mixed data position exactly: it was saved with "
                                  f"{name}={saved} but this run has {name}={then}")
-        if self.step_size != now.step_size:
-            raise ValueError(f"cannot resume the mixed data position exactly: it was saved with "
-                             f"world_size={self.world_size} batch_size={self.batch_size} grad_accum="
-                             f"{self.grad_accum} ({self.step_size} sequences per step) but this run has "
-                             f"world_size={now.world_size} batch_size={now.batch_size} grad_accum="
-                             f"{now.grad_accum} ({now.step_size}); set global_batch: {self.step_size} to resume "
-                             "on another number of workers")
+        self._check_step_size(now, "mixed data position")
         return dataclasses.replace(now, mixer=self.mixer)
 
 
