@@ -108,8 +108,14 @@ def _train(args: argparse.Namespace) -> int:
     sc = cfg.scale
     say(f"train {cfg.name}: {cfg.model.num_params() / 1e6:.1f}M parameters, {sc.num_workers} Ray Train "
         f"worker{'s' * (sc.num_workers > 1)} ({sc.strategy}), {cfg.steps} steps of {cfg.global_batch_size} sequences")
+    from ray.train import TrainingFailedError
+
     with TrainProgress(cfg) as progress:
-        result = fit(cfg, callbacks=progress.callbacks)
+        try:
+            result = fit(cfg, callbacks=progress.callbacks)
+        except TrainingFailedError as exc:  # Ray Train raises the run's error: say it in one line
+            say(f"training failed: {exc}")
+            return 1
     folder = run_dir(cfg)
     rows = read_metrics(folder) if folder else progress.rows
     last = rows[-1] if rows else {}
@@ -119,9 +125,7 @@ def _train(args: argparse.Namespace) -> int:
     run = folder or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
     say(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     say(f"report: {run_report(cfg)}; metrics: {run}/metrics.jsonl; tensorboard --logdir {run}/tensorboard")
-    if result.error is not None:
-        say(f"training failed: {result.error}")
-    return 0 if result.error is None else 1
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

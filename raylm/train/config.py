@@ -245,6 +245,10 @@ class ScaleConfig:
     resize_interval_s: float = 60.0
     """Elastic runs: how often Ray Train looks for room for more workers while the run is
     healthy (each resize restarts the workers from the latest checkpoint)."""
+    wait_for_workers_s: float = 1800.0
+    """The longest a run may go without a running worker group (waiting for room for its
+    workers, at the start or after a restart) before it fails saying so; 0: wait for ever
+    (an autoscaler that takes longer to bring nodes)."""
     use_gpu: bool = False
     device: Literal["auto", "cpu"] = "auto"
     """Where the workers compute. "auto": the GPU Ray Train gives each worker with ``use_gpu``
@@ -309,9 +313,10 @@ class ScaleConfig:
                               f"must be >= 1 (and min <= max) and scale.cpus_per_worker ({self.cpus_per_worker}) > 0")
         if self.device not in ("auto", "cpu"):
             raise ConfigError(f"scale.device: {self.device!r} is not one of ['auto', 'cpu']")
-        if self.checkpoint_every < 1 or self.resize_interval_s < 0:
-            raise ConfigError(f"scale.checkpoint_every ({self.checkpoint_every}) must be >= 1 and "
-                              f"scale.resize_interval_s ({self.resize_interval_s}) >= 0")
+        if self.checkpoint_every < 1 or self.resize_interval_s < 0 or self.wait_for_workers_s < 0:
+            raise ConfigError(f"scale.checkpoint_every ({self.checkpoint_every}) must be >= 1, "
+                              f"scale.resize_interval_s ({self.resize_interval_s}) >= 0 and "
+                              f"scale.wait_for_workers_s ({self.wait_for_workers_s}) >= 0")
         if self.tensor_parallel < 1 or self.max_workers % self.tensor_parallel:
             raise ConfigError(f"scale.tensor_parallel: {self.tensor_parallel} must be >= 1 and divide "
                               f"scale.num_workers ({self.num_workers})")

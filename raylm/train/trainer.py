@@ -26,6 +26,7 @@ from raylm.config import to_dict
 from raylm.train.config import TrainConfig
 from raylm.train.report import hardware
 from raylm.train.runlog import RunLog
+from raylm.train.waiting import WaitLimit
 
 
 def run_dir(cfg: TrainConfig) -> str | None:
@@ -77,6 +78,10 @@ def fit(cfg: TrainConfig, *, env: dict[str, str] | None = None, callbacks: list 
     callbacks = list(callbacks or [])
     if not folder:
         callbacks.append(RunLog(fs, path, cfg.name))
+    if cfg.scale.wait_for_workers_s:
+        workers = f"{cfg.scale.min_workers} (scale.num_workers' minimum)" if cfg.scale.elastic \
+            else str(cfg.scale.num_workers)
+        callbacks.append(WaitLimit(cfg.scale.wait_for_workers_s, workers, worker_resources(cfg)))
     ckpt = cfg.checkpoint
     _data_stats_on_this_node()
     trainer = TorchTrainer(

@@ -102,3 +102,19 @@ def test_spike_guard_skips_and_rolls_back_in_a_real_run(ray_session, shards, tmp
     assert min(r["loss"] for r in rows) > rows[0]["loss"] - 0.05  # no update was applied
     page = Path(write_report(run_dir(train_config(d)))).read_text()  # raylm report counts and marks them
     assert f"<th>spikes skipped / rollbacks</th><td>{STEPS} / {rows[-1]['rollbacks']}</td>" in page
+
+
+def test_a_run_the_cluster_has_no_room_for_fails_saying_so(ray_session, shards, tmp_path):
+    """An elastic run whose minimum the cluster cannot hold (6 workers of 1 CPU on the session's 4)
+    would wait for ever: after scale.wait_for_workers_s it fails, naming what it waited for."""
+    from raylm.train.waiting import NoRoomForWorkers
+
+    d = config(shards, tmp_path, "no-room", 1, **{"global_batch": 6, "micro_batch_size": 1,
+                                                   "scale": {"num_workers": [6, 6], "cpus_per_worker": 1.0,
+                                                             "wait_for_workers_s": 2}})
+    from ray.train import ControllerError
+
+    with pytest.raises(ControllerError) as failed:  # Ray Train's, around raylm's own
+        fit(train_config(d))
+    assert isinstance(failed.value.controller_failure, NoRoomForWorkers), repr(failed.value)
+    assert "no room for 6 (scale.num_workers' minimum) worker(s) of CPU 1 each" in str(failed.value)
