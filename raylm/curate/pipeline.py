@@ -163,8 +163,8 @@ def build_dataset(cfg: CurateConfig, units: list[R.ReadUnit], stats: Any, ctx: R
     steps = cfg.parsed_steps()
     if parts is None:
         ds = ray.data.from_items([{"unit": u.to_dict()} for u in units], override_num_blocks=max(1, len(units)))
-        ds = ds.map_batches(read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": read_config(cfg)},
-                            **remote)
+        ds = ds.map_batches(read_units, batch_size=1, batch_format="pyarrow",
+                            fn_kwargs={"cfg": read_config(cfg), "stats": stats}, **remote)
         first = 0
     else:
         ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
@@ -221,22 +221,23 @@ def run(cfg: CurateConfig, inputs: list[str], out: str, overwrite: bool = False,
         ds.write_datasink(sink)
         progress.done(f"{', '.join(rest + ['write'])}: {sum(r['kept'] for r in sink.results)} kept")
     seconds = time.perf_counter() - t0
-    telemetry = ray.get(stats.get.remote())
+    telemetry, records_read = ray.get([stats.get.remote(), stats.records_read.remote()])
     ray.kill(stats)
     names = [name for name, _ in cfg.parsed_steps()]
-    result = build_stats(names, merge_sink_results(sink.results), telemetry, seconds, input_bytes)
+    result = build_stats(names, merge_sink_results(sink.results), telemetry, seconds, input_bytes, records_read)
     result["inputs"] = files
     result["resume"] = {"resumed": resumed, "units": len(units), "units_done_before": units_before,
                         "units_curated": len(units) - units_before if head else 0, "steps_reused": ctx.reused}
     result["config"] = to_dict(cfg)
     fs, root = filesystem(out)
-    publish_duplicates(ctx.duplicates, out, keep=cfg.keep_work)
+    publish_duplicates(ctx.duplicates, out)
     if cfg.report:
         from raylm.curate.report import write_report
 
         write_report(out, result, ctx.cluster_sizes)
-    with fs.open_output_stream(f"{root}/stats.json") as f:  # last: its presence means finished
+    with fs.open_output_stream(f"{root}/stats.json.tmp") as f:  # last, whole: its presence means finished
         f.write(json.dumps(result, indent=2, ensure_ascii=False).encode())
+    fs.move(f"{root}/stats.json.tmp", f"{root}/stats.json")
     if not cfg.keep_work:
         work.remove()
     if not quiet:

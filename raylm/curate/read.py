@@ -24,7 +24,16 @@ from raylm.storage import InputError, filesystem
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 TEXT_EXT = (".txt", ".text")
-COMPRESSION_EXT = (".gz", ".zst", ".zstd", ".bz2", ".lz4")
+CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
+"""Compression by file suffix (any case); pyarrow's own ``detect`` knows neither ``.zstd`` nor
+upper case."""
+COMPRESSION_EXT = tuple(CODECS)
+
+
+def codec_of(path: str) -> str | None:
+    """The compression of ``path`` by its suffix (None: not compressed)."""
+    lower = path.lower()
+    return next((codec for ext, codec in CODECS.items() if lower.endswith(ext)), None)
 _KEY_SHIFT = 40  # _key = file_index << 40 | record number: unique and in input order
 
 
@@ -112,7 +121,7 @@ def _open_unit(unit: ReadUnit):
     """A stream of ``unit``'s file: decompressed whole, or at its range's first byte."""
     fs, p = filesystem(unit.path)
     if unit.start == 0 and unit.end < 0:
-        return fs.open_input_stream(p, compression="detect")
+        return fs.open_input_stream(p, compression=codec_of(p))
     f = fs.open_input_file(p)
     f.seek(max(unit.start - 1, 0))
     return f

@@ -26,6 +26,7 @@ class CurateSink(Datasink):
     def __init__(self, out: str, write_rejected: bool = True, rows_per_file: int = 50_000) -> None:
         self.out, self.write_rejected, self.rows_per_file = out, write_rejected, rows_per_file
         self.results: list[dict[str, Any]] = []
+        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
 
     @property
     def min_rows_per_write(self) -> int:
@@ -39,7 +40,7 @@ class CurateSink(Datasink):
     def write(self, blocks, ctx) -> dict[str, Any]:
         table = concat([pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks])
         fs, root = filesystem(self.out)
-        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"part-{self.token}-{ctx.task_idx:05d}.parquet"  # the same when Ray retries the task
         mask = live_mask(table)
         kept = table.filter(mask).drop_columns(list(S.INTERNAL))
         rejected = table.filter(pc.invert(mask))

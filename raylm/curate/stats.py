@@ -20,6 +20,15 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.steps: dict[str, dict[str, Any]] = {}
+        self.read: dict[str, int] = {}
+        """Records read per read unit, set once the unit is read whole (a retried or re-run
+        read sets its unit again, never adds): the run's input, counted apart from the sink."""
+
+    def set_read(self, counts: dict[str, int]) -> None:
+        self.read.update(counts)
+
+    def records_read(self) -> int:
+        return sum(self.read.values())
 
     def add(self, step: str, docs_in: int, bytes_in: int, dropped: dict[str, int],
             seconds: float, counters: dict[str, int]) -> None:
@@ -74,10 +83,12 @@ def merge_sink_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_stats(step_names: list[str], sink: dict[str, Any], telemetry: dict[str, dict[str, Any]],
-                seconds: float, input_bytes: int) -> dict[str, Any]:
-    """stats.json: totals from the sink (exact), per-step rows in pipeline order."""
+                seconds: float, input_bytes: int, records_read: int) -> dict[str, Any]:
+    """stats.json: the records read (counted per read unit as it was read), the totals from
+    the sink (what was written), per-step rows in pipeline order; ``conservation_ok`` when
+    every record read was written as kept or as dropped for a reason."""
     dropped_total = sum(n for reasons in sink["dropped"].values() for n in reasons.values())
-    docs_in = sink["kept"] + dropped_total
+    docs_in = records_read
     steps = []
     alive = docs_in
     for name in ["read", *step_names]:

@@ -24,10 +24,17 @@ from raylm.curate.steps import RowStep
 from raylm.curate.workdir import WorkDir
 
 
-def read_units(batch: pa.Table, cfg: R.ReadConfig):
-    """map_batches (one row per unit): the unit's documents as read."""
-    for unit in batch.column("unit").to_pylist():
-        yield from R.read_unit(R.ReadUnit(**unit), cfg)
+def read_units(batch: pa.Table, cfg: R.ReadConfig, stats: Any):
+    """map_batches (one row per unit): the unit's documents as read; how many, once the unit is
+    read whole, into the run's ``stats`` actor (per unit: a retried read sets it again)."""
+    import ray
+
+    for d in batch.column("unit").to_pylist():
+        unit, n = R.ReadUnit(**d), 0
+        for table in R.read_unit(unit, cfg):
+            n += table.num_rows
+            yield table
+        ray.get(stats.set_read.remote({unit.name: n}))
 
 
 def read_parts(batch: pa.Table, out: str, batch_rows: int):
@@ -47,8 +54,9 @@ def _curate_unit(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
     done, docs, size = [], [], []
     for d in batch.column("unit").to_pylist():
         unit = R.ReadUnit(**d)
-        telemetry, parts, rows, writer = Telemetry(), [], 0, None
+        telemetry, parts, rows, read, writer = Telemetry(), [], 0, 0, None
         for table in R.read_unit(unit, cfg):
+            read += table.num_rows
             for start in range(0, table.num_rows, batch_size):
                 chunk = table.slice(start, batch_size)
                 for step in steps:
@@ -62,7 +70,7 @@ def _curate_unit(batch: pa.Table, cfg: R.ReadConfig, steps: list[RowStep], out: 
                 rows += chunk.num_rows
         if writer is not None:
             writer.close()
-        work.mark_unit_done(unit.name, parts, rows, telemetry.get())
+        work.mark_unit_done(unit.name, parts, rows, telemetry.get(), read)
         done.append(unit.name)
         first = telemetry.get().get(steps[0].name, {}) if steps else {}  # what was read: for progress
         docs.append(first.get("docs_in", 0))
@@ -103,4 +111,5 @@ def curate_units(units: list[R.ReadUnit], read_cfg: R.ReadConfig, steps: list[Ro
     for m in markers.values():
         telemetry.add_all(m["telemetry"])
     ray.get(stats.add_all.remote(telemetry.get()))
+    ray.get(stats.set_read.remote({name: m.get("read", m["rows"]) for name, m in markers.items()}))
     return [p for u in units for p in markers[u.name]["parts"]], len(done)

@@ -108,9 +108,10 @@ class WorkDir:
         """Path of a part in ``self.fs`` (markers list parts by name, so the folder can move)."""
         return f"{self.root}/files/{name}"
 
-    def mark_unit_done(self, unit: str, parts: list[str], rows: int, telemetry: dict[str, Any]) -> None:
+    def mark_unit_done(self, unit: str, parts: list[str], rows: int, telemetry: dict[str, Any], read: int) -> None:
+        """``rows`` written into ``parts`` after the unit's row steps; ``read``: records read."""
         self._write_json(f"{self.root}/files/{unit}.json",
-                         {"unit": unit, "parts": parts, "rows": rows, "telemetry": telemetry})
+                         {"unit": unit, "parts": parts, "rows": rows, "read": read, "telemetry": telemetry})
 
     def done_units(self) -> dict[str, dict[str, Any]]:
         """Markers of the read units whose documents are all written, by unit name."""

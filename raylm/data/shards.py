@@ -138,6 +138,7 @@ class TokenShardSink(Datasink):
         self.out, self.rows_per_shard = out, rows_per_shard
         self.schema = shard_schema(langs, fim_middle)
         self.results: list[dict[str, Any]] = []
+        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own files
 
     @property
     def min_rows_per_write(self) -> int:
@@ -152,7 +153,7 @@ class TokenShardSink(Datasink):
         parts = [p for p in parts if p.num_rows]
         if not parts:
             return _empty_result()
-        return write_packed(pa.concat_tables(parts), self.out, f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}",
+        return write_packed(pa.concat_tables(parts), self.out, f"{self.token}-{ctx.task_idx:05d}",
                             self.rows_per_shard, self.schema)
 
     def on_write_complete(self, write_result) -> None:

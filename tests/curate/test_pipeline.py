@@ -53,6 +53,19 @@ def test_bad_input_is_quarantined_and_counted(ray_session, tmp_path):
     assert stats["documents_in"] == 10 and stats["conservation_ok"]
 
 
+def test_conservation_compares_what_was_read_with_what_was_written():
+    """documents_in is counted per read unit as it is read, apart from the sink's totals: a
+    record lost between the two (or written twice) shows as a violation."""
+    from raylm.curate.stats import build_stats, merge_sink_results
+
+    written = merge_sink_results([{"kept": 7, "kept_bytes": 70, "length_hist": [0], "langs": {},
+                                   "dropped": {("read", "empty"): 2}, "dropped_bytes": {("read", "empty"): 0}}])
+    assert build_stats([], written, {}, 1.0, 100, records_read=9)["conservation_ok"]
+    for read in (10, 8):
+        stats = build_stats([], written, {}, 1.0, 100, records_read=read)
+        assert stats["documents_in"] == read and not stats["conservation_ok"]
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "raylm.cli", *args], capture_output=True, text=True, timeout=120)
 

@@ -21,7 +21,9 @@ def test_jsonl_plain_gz_zst_read_the_same(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(data)
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
     (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
-    got = [rows(tmp_path / n) for n in ("a.jsonl", "a.jsonl.gz", "a.jsonl.zst")]
+    (tmp_path / "b.jsonl.zstd").write_bytes(zstandard.ZstdCompressor().compress(data))  # suffixes pyarrow's
+    (tmp_path / "C.JSONL.GZ").write_bytes(gzip.compress(data))  # own detection does not know
+    got = [rows(tmp_path / n) for n in ("a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "b.jsonl.zstd", "C.JSONL.GZ")]
     assert [r["text"] for r in got[0]] == [f"document {i}" for i in range(5)]
     assert got[0][2]["url"] == "u2" and got[0][2][S.ID] == "x2"
     assert all([r[S.TEXT] for r in g] == [r[S.TEXT] for r in got[0]] for g in got)

@@ -71,6 +71,7 @@ class DuplicatesSink(Datasink):
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
+        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
         self.removed = 0
         self.cluster_sizes: dict[int, int] = {}
 
@@ -83,7 +84,7 @@ class DuplicatesSink(Datasink):
         t = pa.concat_tables([p for p in parts if p.num_rows] or [DUPLICATE_SCHEMA.empty_table()])
         if t.num_rows:
             fs, root = filesystem(self.folder)
-            pq.write_table(t, f"{root}/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet", filesystem=fs)
+            pq.write_table(t, f"{root}/part-{self.token}-{ctx.task_idx:05d}.parquet", filesystem=fs)
         return {"rows_by_size": dict(Counter(t.column("cluster_size").to_pylist()))}
 
     def on_write_complete(self, write_result) -> None:
@@ -106,9 +107,10 @@ def write_duplicates(ds: Any, members: KeyedTable, ctx: Any, step: str, folder: 
     return sink
 
 
-def publish_duplicates(folders: list[str], out: str, keep: bool) -> None:
+def publish_duplicates(folders: list[str], out: str) -> None:
     """Gather the steps' duplicate files into ``out/duplicates.parquet/`` (a Parquet dataset
-    folder), moved (or copied when the work folder is kept): file operations, no rows read."""
+    folder): file copies, no rows read. Copied, not moved: a run killed before its
+    ``stats.json`` is resumed from the work folder, whose decisions must still hold them."""
     fs, root = filesystem(out)
     target = f"{root}/duplicates.parquet"
     fs.create_dir(target, recursive=True)
@@ -120,7 +122,7 @@ def publish_duplicates(folders: list[str], out: str, keep: bool) -> None:
         step = src.rstrip("/").split("/")[-2]  # .../steps/<n>-<name>/duplicates
         for info in ffs.get_file_info(pafs.FileSelector(src)):
             if info.is_file and info.base_name.endswith(".parquet"):
-                (fs.copy_file if keep else fs.move)(info.path, f"{target}/{step}-{info.base_name}")
+                fs.copy_file(info.path, f"{target}/{step}-{info.base_name}")
                 moved += 1
     if not moved:  # readers of an empty dataset still need its schema
         pq.write_table(DUPLICATE_SCHEMA.empty_table(), f"{target}/empty.parquet", filesystem=fs)

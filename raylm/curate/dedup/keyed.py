@@ -91,6 +91,7 @@ class KeyedSink(Datasink):
     def __init__(self, folder: str, unique: bool = False, sum_columns: tuple[str, ...] = ()) -> None:
         self.folder, self.unique, self.sum_columns = folder, unique, sum_columns
         self.table: KeyedTable | None = None
+        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
 
     def on_write_start(self, schema=None) -> None:
         fs, root = filesystem(self.folder)
@@ -109,7 +110,7 @@ class KeyedSink(Datasink):
             order = order[np.concatenate(([True], sk[1:] != sk[:-1]))]
         t = t.take(pa.array(order))
         key = t.column("key").to_numpy()
-        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"part-{self.token}-{ctx.task_idx:05d}.parquet"
         fs, root = filesystem(self.folder)
         groups = []
         with pq.ParquetWriter(f"{root}/{name}", t.schema, filesystem=fs) as w:
