@@ -98,6 +98,18 @@ def quiet_ray_data(worker: bool = False) -> None:
     if not loud():  # RAY_DATA_LOG_LEVEL is read when ray.data is imported: this process may be late
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # Ray Data's warning, when a dataset is materialised while the run's own earlier tasks
+        # still hold every CPU, that "the Dataset job will hang": it waits for them, as meant
+        dataset = logging.getLogger("ray.data.dataset")
+        if not any(getattr(f, "raylm", False) for f in dataset.filters):
+            dataset.addFilter(_NoCpuNotice())
+
+
+class _NoCpuNotice(logging.Filter):
+    raylm = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
 
 
 def quiet_train_worker() -> None:

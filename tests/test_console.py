@@ -38,6 +38,23 @@ def test_quiet_by_default_and_loud_on_request(level):
     assert not console.loud()
 
 
+def test_quiet_ray_data_drops_its_false_no_cpu_warning_only(level):
+    """A dataset materialised while the run's own tasks hold every CPU makes Ray Data warn that
+    'the Dataset job will hang': it waits for them, as meant. Its other warnings still show."""
+    import logging
+
+    console.quiet_ray_data()
+    console.quiet_ray_data()  # twice: one filter
+    logger = logging.getLogger("ray.data.dataset")
+    assert sum(isinstance(f, console._NoCpuNotice) for f in logger.filters) == 1
+
+    def shown(message: str) -> bool:
+        return logger.filter(logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None))
+
+    assert not shown("Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang")
+    assert shown("Warning: something else")
+
+
 def test_stage_off_a_terminal_is_one_line(level, capsys):
     with console.stage("curate", total=3, unit="file") as s:
         for _ in range(3):
