@@ -134,16 +134,23 @@ def _lines(stream, start: int = 0, end: int | None = None, chunk: int = 8 << 20)
     range owns; the last line is read to its end, past ``end`` if need be."""
     at = max(start - 1, 0)  # file offset of the first byte of ``rest``
     rest = b""
+    pending: list[bytes] = []  # chunks of a line longer than a chunk, joined once
     skipping = start > 0
     while True:
         data = stream.read(chunk)
         if not data:
             break
-        data, data_at = rest + data, at
+        if not skipping and b"\n" not in data:
+            pending.append(data)
+            continue
+        data, data_at = b"".join([rest, *pending, data]), at
+        pending = []
         if skipping:
             i = data.find(b"\n")
             if i < 0:
                 rest, at = b"", data_at + len(data)
+                if end is not None and at >= end:  # a line from before covers the whole range
+                    return
                 continue
             data, data_at, skipping = data[i + 1 :], data_at + i + 1, False
         lines = data.split(b"\n")
@@ -154,6 +161,9 @@ def _lines(stream, start: int = 0, end: int | None = None, chunk: int = 8 << 20)
             yield line
             data_at += len(line) + 1
         at = data_at
+        if end is not None and at >= end:  # the next line is the next range's
+            return
+    rest = b"".join([rest, *pending])
     if rest and not skipping and (end is None or at < end):
         yield rest
 

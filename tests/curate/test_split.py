@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 
@@ -62,6 +63,37 @@ def test_every_range_size_reads_each_record_once_with_its_line(tmp_path):
         assert len(units) == -(-len(data) // split)
         parts = _records(t for u in units for t in R.read_unit(u, CFG))
         assert parts == whole, f"split at every {split} bytes"
+
+
+class _Counted(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    n = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.n += len(data)
+        return data
+
+
+def test_a_range_reads_its_lines_whatever_the_chunk_and_no_further_than_it_must():
+    """Every line once over the ranges, for chunks smaller than a line (a line longer than a
+    chunk is joined once) and larger; a range that no line starts in stops once past its end,
+    instead of reading to the end of the long line that covers it."""
+    data = _jsonl_bytes()
+    lines = data.split(b"\n")[:-1]
+    starts = {0} | {i + 1 for i, c in enumerate(data) if c == 10}
+    for split in (5, 64, 301):
+        for chunk in (1, 2, 7, 64, 1 << 20):
+            got = []
+            for a in range(0, len(data), split):
+                b = min(a + split, len(data))
+                f = _Counted(data)
+                f.seek(max(a - 1, 0))
+                got += list(R._lines(f, a, b, chunk=chunk))
+                if not any(a <= s < b for s in starts):  # no line of its own: inside another
+                    assert f.n <= b - a + 1 + chunk, (split, chunk, a, f.n)
+            assert got == lines, (split, chunk)
 
 
 def test_plan_units_on_ray_splits_only_plain_big_files(ray_session, tmp_path):
