@@ -16,7 +16,10 @@ removed vs planted, and the connected-components rounds.
 Targets (issue 15): removed == planted at every size; driver peak RSS at 3M <= 1.2x that at
 30k; throughput at 3M >= 0.8x that at 300k.
 
-    python benchmarks/curate_scale.py [--sizes 30000,300000,3000000] [--num-cpus 2]
+    python benchmarks/curate_scale.py [--sizes 30000,300000,3000000] [--num-cpus 2] [--one-file 3000000]
+
+``--one-file N`` also curates the N-document corpus as one JSONL file (read in byte ranges of
+``split_bytes``) and records how busy the machine's CPUs were (``*_one_file.json``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -118,8 +122,47 @@ def run_curate(corpus: Path, out: Path, num_cpus: int) -> dict:
     stats = json.loads((out / "stats.json").read_text())
     step = next(s for s in stats["steps"] if s["step"] == "minhash_dedup")
     return {**measured, "wall_s": time.perf_counter() - t0, "curate_s": stats["seconds"],
-            "documents_in": stats["documents_in"], "kept": stats["kept"],
+            "documents_in": stats["documents_in"], "kept": stats["kept"], "read_units": stats["resume"]["units"],
             "removed": step.get("counters", {}).get("removed"), "counters": step.get("counters", {})}
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(all, idle) jiffies of the whole machine (``/proc/stat``)."""
+    values = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def one_file(work: Path, n: int, num_cpus: int) -> dict:
+    """The ``n``-document corpus as one JSONL file, curated the same way, with how busy the
+    machine's CPUs were (sampled every second from ``/proc/stat``; nothing else may run)."""
+    corpus = work / f"onefile-{n}"
+    target = corpus / "corpus.jsonl"
+    if not target.exists():
+        corpus.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            for part in sorted((work / f"corpus-{n}").glob("*.jsonl")):
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+    busy: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        prev = _cpu_times()
+        while not stop.wait(1.0):
+            cur = _cpu_times()
+            busy.append(1 - (cur[1] - prev[1]) / max(cur[0] - prev[0], 1))
+            prev = cur
+
+    thread = threading.Thread(target=sample, daemon=True)
+    start = _cpu_times()
+    thread.start()
+    r = run_curate(corpus, work / f"out-onefile-{n}", num_cpus)
+    stop.set()
+    end = _cpu_times()
+    shutil.rmtree(work / f"out-onefile-{n}", ignore_errors=True)
+    return {"documents": n, "input_mb": round(target.stat().st_size / 1e6, 1), **r, "docs_per_s": n / r["curate_s"],
+            "cpu_busy_share": 1 - (end[1] - start[1]) / max(end[0] - start[0], 1),
+            "seconds_over_90pct_busy": sum(b > 0.9 for b in busy), "seconds_sampled": len(busy)}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -147,11 +190,13 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for corpora and outputs (default: a temp dir)")
     ap.add_argument("--prepare-only", action="store_true", help="write the corpora into --work and stop")
     ap.add_argument("--out", default=str(HERE / "results" / "curate_scale.json"))
+    ap.add_argument("--one-file", type=int, default=0, metavar="N",
+                    help="also the N-document corpus as one JSONL file, with CPU use (written to *_one_file.json)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="curate-scale-"))
     rows = []
     try:
-        for n in (int(s) for s in args.sizes.split(",")):
+        for n in sorted({int(s) for s in args.sizes.split(",") if s} | ({args.one_file} if args.one_file else set())):
             corpus = work / f"corpus-{n}"
             t0 = time.perf_counter()
             kept = work / f"corpus-{n}.planted"  # beside the corpus: a .json inside would be read as input
@@ -165,6 +210,18 @@ def main() -> None:
                   flush=True)
             if args.prepare_only:
                 continue
+            if n == args.one_file:
+                one = {**one_file(work, n, args.num_cpus), "planted": planted}
+                one["removed_equals_planted"] = one["removed"] == planted
+                print(f"{n:>9,} in one file: {one['read_units']} read units, removed {one['removed']:,} (planted "
+                      f"{planted:,}), curate {one['curate_s']:.1f}s, CPUs {100 * one['cpu_busy_share']:.0f}% busy",
+                      flush=True)
+                Path(args.out).with_name(Path(args.out).stem + "_one_file.json").write_text(json.dumps({
+                    "benchmark": "curate_scale --one-file", "date": dt.date.today().isoformat(),
+                    "num_cpus": args.num_cpus, "device": f"{cpu_model()}, {os.cpu_count()} cores (CPU only)",
+                    "config": CONFIG, **one}, indent=2) + "\n")
+                if str(n) not in args.sizes.split(","):
+                    continue
             r = run_curate(corpus, work / f"out-{n}", args.num_cpus)
             row = {"documents": n, "input_mb": round(size_mb, 1), "planted": planted, **r,
                    "docs_per_s": n / r["curate_s"], "docs_per_s_process": n / r["process_s"]}
@@ -178,7 +235,7 @@ def main() -> None:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    if args.prepare_only:
+    if args.prepare_only or not rows:
         return
     by = {r["documents"]: r for r in rows}
     sizes = sorted(by)
