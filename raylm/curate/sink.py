@@ -7,7 +7,6 @@ in ``on_write_complete``. Internal columns are not written.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -15,18 +14,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from raylm.curate import schema as S
 from raylm.curate.runner import concat, live_mask
+from raylm.sinks import FolderSink
 from raylm.storage import filesystem
 
 
-class CurateSink(Datasink):
+class CurateSink(FolderSink):
     def __init__(self, out: str, write_rejected: bool = True, rows_per_file: int = 50_000) -> None:
+        super().__init__(out)
         self.out, self.write_rejected, self.rows_per_file = out, write_rejected, rows_per_file
         self.results: list[dict[str, Any]] = []
-        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
 
     @property
     def min_rows_per_write(self) -> int:
@@ -40,7 +39,7 @@ class CurateSink(Datasink):
     def write(self, blocks, ctx) -> dict[str, Any]:
         table = concat([pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks])
         fs, root = filesystem(self.out)
-        name = f"part-{self.token}-{ctx.task_idx:05d}.parquet"  # the same when Ray retries the task
+        name = self.part_name(ctx)
         mask = live_mask(table)
         kept = table.filter(mask).drop_columns(list(S.INTERNAL))
         rejected = table.filter(pc.invert(mask))

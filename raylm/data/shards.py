@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -45,9 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from raylm.data.packing import PackConfig, PackStats, pack_table
+from raylm.sinks import FolderSink
 from raylm.storage import InputError, filesystem
 
 FORMAT = "raylm.token_shards/1"
@@ -129,31 +128,26 @@ def pack_unit(group: pa.Table, *, cfg: PackConfig, source: str, unit_column: str
     return pa.table(table)
 
 
-class TokenShardSink(Datasink):
+class TokenShardSink(FolderSink):
     """Writes each write task's sequences to temporary Parquet files of at most
     ``rows_per_shard`` rows (Ray Data bundles blocks up to *at least* ``min_rows_per_write``,
     so one task can get many shards' worth); returns the files and counts."""
 
     def __init__(self, out: str, rows_per_shard: int, langs: bool = False, fim_middle: bool = False) -> None:
+        super().__init__(out)
         self.out, self.rows_per_shard = out, rows_per_shard
         self.schema = shard_schema(langs, fim_middle)
         self.results: list[dict[str, Any]] = []
-        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own files
 
     @property
     def min_rows_per_write(self) -> int:
         return self.rows_per_shard
 
-    def on_write_start(self, schema=None) -> None:
-        fs, root = filesystem(self.out)
-        fs.create_dir(root, recursive=True)
-
     def write(self, blocks, ctx) -> dict[str, Any]:
-        parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
-        parts = [p for p in parts if p.num_rows]
+        parts = self.tables(blocks)
         if not parts:
             return _empty_result()
-        return write_packed(pa.concat_tables(parts), self.out, f"{self.token}-{ctx.task_idx:05d}",
+        return write_packed(pa.concat_tables(parts), self.out, self.tag(ctx),
                             self.rows_per_shard, self.schema)
 
     def on_write_complete(self, write_result) -> None:

@@ -10,7 +10,6 @@ report's histogram needs no document list on the driver either.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -18,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from raylm.curate import schema as S
 from raylm.curate.dedup.keyed import KeyedTable
 from raylm.curate.dedup.partition import WHOLE_BLOCKS, by_shard, shard_of
+from raylm.sinks import FolderSink
 from raylm.storage import filesystem
 
 DUPLICATE_SCHEMA = pa.schema([("step", pa.string()), ("removed_id", pa.string()), ("kept_id", pa.string()),
@@ -66,25 +65,19 @@ def cluster_rows(table: pa.Table, step: str) -> pa.Table:
                                  pa.array(size[sel])], schema=DUPLICATE_SCHEMA)
 
 
-class DuplicatesSink(Datasink):
+class DuplicatesSink(FolderSink):
     """Writes duplicate rows under ``folder``; sums removed documents per cluster size."""
 
     def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
+        super().__init__(folder)
         self.removed = 0
         self.cluster_sizes: dict[int, int] = {}
 
-    def on_write_start(self, schema=None) -> None:
-        fs, root = filesystem(self.folder)
-        fs.create_dir(root, recursive=True)
-
     def write(self, blocks, ctx) -> dict[str, Any]:
-        parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
-        t = pa.concat_tables([p for p in parts if p.num_rows] or [DUPLICATE_SCHEMA.empty_table()])
+        t = pa.concat_tables(self.tables(blocks) or [DUPLICATE_SCHEMA.empty_table()])
         if t.num_rows:
             fs, root = filesystem(self.folder)
-            pq.write_table(t, f"{root}/part-{self.token}-{ctx.task_idx:05d}.parquet", filesystem=fs)
+            pq.write_table(t, f"{root}/{self.part_name(ctx)}", filesystem=fs)
         return {"rows_by_size": dict(Counter(t.column("cluster_size").to_pylist()))}
 
     def on_write_complete(self, write_result) -> None:

@@ -17,7 +17,6 @@ keeps the row groups it read last, since consecutive batches hit the same ones.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -25,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from raylm.curate.dedup.partition import coalesced
+from raylm.sinks import FolderSink
 from raylm.storage import filesystem
 
 ROW_GROUP_ROWS = 8192
@@ -86,22 +85,17 @@ class KeyedTable:
         return t
 
 
-class KeyedSink(Datasink):
+class KeyedSink(FolderSink):
     """Writes a Dataset sorted by ``key`` as a KeyedTable under ``folder``; ``unique`` keeps one
     row per key (the sort puts equal keys in one task); ``sum_columns`` are counted."""
 
     def __init__(self, folder: str, unique: bool = False, sum_columns: tuple[str, ...] = ()) -> None:
-        self.folder, self.unique, self.sum_columns = folder, unique, sum_columns
+        super().__init__(folder)
+        self.unique, self.sum_columns = unique, sum_columns
         self.table: KeyedTable | None = None
-        self.token = uuid.uuid4().hex[:8]  # this write's; a retried task rewrites its own file
-
-    def on_write_start(self, schema=None) -> None:
-        fs, root = filesystem(self.folder)
-        fs.create_dir(root, recursive=True)
 
     def write(self, blocks, ctx) -> dict[str, Any]:
-        parts = [b if isinstance(b, pa.Table) else pa.table(b) for b in blocks]
-        parts = [p for p in parts if p.num_rows]
+        parts = self.tables(blocks)
         if not parts:
             return {"file": None, "groups": [], "rows": 0, "sums": {}}
         t = pa.concat_tables(parts)
@@ -112,7 +106,7 @@ class KeyedSink(Datasink):
             order = order[np.concatenate(([True], sk[1:] != sk[:-1]))]
         t = t.take(pa.array(order))
         key = t.column("key").to_numpy()
-        name = f"part-{self.token}-{ctx.task_idx:05d}.parquet"
+        name = self.part_name(ctx)
         fs, root = filesystem(self.folder)
         groups = []
         with pq.ParquetWriter(f"{root}/{name}", t.schema, filesystem=fs) as w:
