@@ -90,14 +90,22 @@ def _kind_in(fs: pafs.FileSystem, path: str) -> Kind | None:
     return None
 
 
+def _refuse_incomplete(fs: pafs.FileSystem, path: str, shown: str) -> None:
+    """``CheckpointError`` if ``path`` is a sharded checkpoint whose files are not all there."""
+    if fs.get_file_info(f"{path}/{SHARDS}/{DCP_METADATA}").type == pafs.FileType.File:
+        missing = missing_shards(fs, path)
+        if missing:
+            raise CheckpointError(f"{shown}: an incomplete checkpoint (its shards did not all reach storage): "
+                                  f"missing {', '.join(missing[:4])}")
+
+
 def checkpoint_kind(folder: str | os.PathLike) -> Kind:
     """The format of the local checkpoint ``folder``: "sharded" (DCP ``model_and_optim/``),
     "full" (``model.pt``) or "deepspeed" (``zero/``)."""
     fs, path = pafs.LocalFileSystem(), os.path.abspath(folder)
     kind = _kind_in(fs, path)
-    if kind is None and os.path.isfile(os.path.join(path, SHARDS, DCP_METADATA)):
-        raise CheckpointError(f"{folder}: an incomplete checkpoint: missing {', '.join(missing_shards(fs, path)[:4])}")
     if kind is None:
+        _refuse_incomplete(fs, path, str(folder))
         raise CheckpointError(f"{folder}: not a checkpoint folder (no {STATE} with {SHARDS}/, {MODEL} or {DS_TAG}/)")
     return kind
 
@@ -112,9 +120,7 @@ def find_checkpoint(path: str | os.PathLike, endpoint: str | None = None) -> str
     given = str(path).rstrip("/")
     if _kind_in(fs, root) is not None:
         return given
-    if fs.get_file_info(f"{root}/{SHARDS}/{DCP_METADATA}").type == pafs.FileType.File:
-        raise CheckpointError(f"{path}: an incomplete checkpoint (its shards did not all reach storage): "
-                              f"missing {', '.join(missing_shards(fs, root)[:4])}")
+    _refuse_incomplete(fs, root, str(path))
     found = []
     for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.type == pafs.FileType.Directory and _kind_in(fs, info.path) is not None:
