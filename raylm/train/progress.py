@@ -28,6 +28,15 @@ from raylm import console
 from raylm.train.config import TrainConfig
 
 
+def _put(queue: Any, row: dict[str, Any]) -> None:
+    """Into the driver's queue; what is shown must never fail the run (an exception raised in a
+    Train controller callback fails it), so a queue that is gone loses the line only."""
+    try:
+        queue.put_nowait(row)
+    except Exception:  # the queue actor is gone, or full
+        pass
+
+
 class _Forward(UserCallback):
     """In the Train controller: every report of rank 0 into the driver's queue."""
 
@@ -36,7 +45,7 @@ class _Forward(UserCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if metrics and "step" in metrics[0]:
-            self.queue.put_nowait(dict(metrics[0]))
+            _put(self.queue, dict(metrics[0]))
 
 
 def _first_line(error: Any, limit: int = 160) -> str:
@@ -55,7 +64,7 @@ class _Events(ControllerCallback):
         self.restarted = False
 
     def _put(self, kind: str, text: str) -> None:
-        self.queue.put_nowait({"event": kind, "text": text, "workers": self.workers})
+        _put(self.queue, {"event": kind, "text": text, "workers": self.workers})
 
     def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
         name = type(current_state).__name__
@@ -128,9 +137,13 @@ class TrainProgress:
         return [_Forward(self.queue), _Events(self.queue)]
 
     def __enter__(self) -> TrainProgress:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        here = ray.get_runtime_context().get_node_id()  # on the driver's node: it goes when the driver does,
+        self.queue = Queue(actor_options={"num_cpus": 0,  # not with a worker node an elastic run loses
+                                          "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)})
         if console.interactive():
             self.bar = console.bar(total=self.cfg.steps, desc="train", unit="step")
         self._thread = threading.Thread(target=self._drain, name="raylm-train-progress", daemon=True)
